@@ -1,0 +1,3 @@
+from fusesnap.cli import main
+
+raise SystemExit(main())
