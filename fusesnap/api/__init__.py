@@ -1,0 +1,1 @@
+"""gRPC servicers: protobuf <-> core calls, and core errors -> status codes."""

@@ -1,0 +1,67 @@
+"""The `fusesnap` command: `serve`, and client subcommands in the style of `ctr`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from fusesnap import __version__
+from fusesnap.config import Config, default_socket
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import trio
+
+    from fusesnap.daemon import StartupError, serve
+
+    config = Config.make(args.root, args.socket, args.mountpoint)
+    try:
+        trio.run(serve, config)
+    except StartupError as e:
+        logging.getLogger("fusesnap").error("%s", e)
+        return 1
+    return 0
+
+
+def add_socket_option(parser: argparse.ArgumentParser) -> None:
+    """`--socket` is accepted after the subcommand too (`fusesnap serve --socket …`)."""
+    parser.add_argument("--socket", default=argparse.SUPPRESS, help="daemon socket")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fusesnap",
+        description="A userspace snapshotter for containers: snapshots as directories "
+                    "on a FUSE mount, containerd's gRPC APIs on a unix socket.",
+    )
+    parser.add_argument("--version", action="version", version=f"fusesnap {__version__}")
+    parser.add_argument("--socket", default=None,
+                        help=f"daemon socket (env FUSESNAP_SOCKET; default {default_socket()})")
+    parser.add_argument("--log-level", default="INFO",
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    serve = sub.add_parser("serve", help="run the daemon in the foreground")
+    add_socket_option(serve)
+    serve.add_argument("--root", default=None,
+                       help="store directory (env FUSESNAP_ROOT; default "
+                            "$XDG_DATA_HOME/fusesnap)")
+    serve.add_argument("--mountpoint", default=None,
+                       help="FUSE mountpoint (env FUSESNAP_MOUNTPOINT; default ROOT/mnt)")
+    serve.set_defaults(func=_serve)
+
+    from fusesnap.cli import snapshots
+
+    snapshots.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return int(args.func(args) or 0)

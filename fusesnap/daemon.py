@@ -1,0 +1,141 @@
+"""Wiring only: open the store, mount the filesystem, serve gRPC, handle signals."""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import os
+import shutil
+import signal
+import socket as socketlib
+import subprocess
+from pathlib import Path
+
+import pyfuse3
+import trio
+
+from fusesnap.api.server import make_server
+from fusesnap.bridge import TrioBridge
+from fusesnap.config import Config
+from fusesnap.layerfs.ops import LayerFS
+from fusesnap.layerfs.tree import LayerTree
+from fusesnap.snapshots.snapshotter import Snapshotter
+from fusesnap.store.db import Database
+
+log = logging.getLogger("fusesnap")
+
+
+class StartupError(Exception):
+    """The daemon cannot start; the message says why and what to do."""
+
+
+def _lock_root(root: Path) -> int:
+    fd = os.open(root / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise StartupError(f"another fusesnap is serving {root}") from None
+    return fd
+
+
+def _unmount(path: Path) -> None:
+    for cmd in (["fusermount3", "-u", "-z", str(path)], ["umount", "-l", str(path)]):
+        if shutil.which(cmd[0]) and subprocess.run(cmd, capture_output=True).returncode == 0:
+            return
+    raise StartupError(f"cannot unmount stale mount at {path}; run: fusermount3 -u -z {path}")
+
+
+def prepare_mountpoint(path: Path) -> None:
+    """Create the mountpoint; clear a mount left by a killed daemon."""
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        path.mkdir(parents=True)
+        return
+    except OSError as e:
+        if e.errno != errno.ENOTCONN:
+            raise
+        log.warning("clearing stale mount at %s (transport endpoint is not connected)", path)
+        _unmount(path)
+        return
+    if os.path.ismount(path):
+        raise StartupError(f"{path} is already a mount point; unmount it first")
+
+
+def prepare_socket(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists() and not path.is_socket():
+        return
+    probe = socketlib.socket(socketlib.AF_UNIX)
+    try:
+        probe.connect(str(path))
+    except OSError:
+        path.unlink()  # nobody listens: left by a killed daemon
+    else:
+        raise StartupError(f"something is already listening on {path}")
+    finally:
+        probe.close()
+
+
+def _can_allow_other() -> bool:
+    if os.getuid() == 0:
+        return True
+    try:
+        with open("/etc/fuse.conf") as f:
+            return any(line.strip() == "user_allow_other" for line in f)
+    except OSError:
+        return False
+
+
+def mount_options() -> set[str]:
+    options = {"fsname=fusesnap", "subtype=fusesnap", "default_permissions"}
+    if _can_allow_other():
+        options.add("allow_other")
+    else:
+        log.warning("other users cannot see the mount: add user_allow_other to /etc/fuse.conf")
+    if os.getuid() == 0:
+        options |= {"dev", "suid"}  # containers run from it
+    return options
+
+
+async def serve(config: Config) -> None:
+    """Serve until SIGTERM or SIGINT, then stop cleanly."""
+    config.root.mkdir(parents=True, exist_ok=True)
+    lock = _lock_root(config.root)
+    db = Database(config.root / "metadata.db")
+    try:
+        tree = LayerTree(db, config.root / "layers")
+        snapshotter = Snapshotter(db, tree, config.mountpoint, (os.getuid(), os.getgid()))
+        snapshotter.recover()
+        prepare_mountpoint(config.mountpoint)
+        prepare_socket(config.socket)
+        options = mount_options()
+        log.info("root=%s mountpoint=%s socket=%s options=%s", config.root, config.mountpoint,
+                 config.socket, ",".join(sorted(options)))
+        pyfuse3.init(LayerFS(snapshotter), str(config.mountpoint), options)
+        try:
+            bridge = TrioBridge(trio.lowlevel.current_trio_token())
+            server = make_server(bridge, snapshotter, config.socket)
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(pyfuse3.main)
+                    server.start()
+                    log.info("serving")
+                    async for signum in signals:
+                        log.info("%s: stopping", signal.Signals(signum).name)
+                        break
+                    await trio.to_thread.run_sync(lambda: server.stop(5).wait())
+                    tree.flush()
+                    pyfuse3.terminate()
+        finally:
+            pyfuse3.close(unmount=True)
+            try:
+                config.socket.unlink()
+            except FileNotFoundError:
+                pass
+    finally:
+        db.close()
+        os.close(lock)
+    log.info("stopped")

@@ -1,0 +1,340 @@
+"""The FUSE filesystem: pyfuse3.Operations over the layer tree, nothing else.
+
+The mount's root lists every snapshot by id; `<mountpoint>/<id>` is that
+snapshot's merged view. A FUSE inode number packs the snapshot id and the
+object id (`sid << 36 | oid`), so it is stable for the life of the mount (and
+across restarts), two names of one object share it, and a handler finds its
+view and object without a table. Every handler turns OSError and domain
+errors into FUSEError; nothing else escapes.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import pyfuse3
+
+from fusesnap.layerfs.tree import ROOT_OID, Attr, LayerTree, OpenFile, View
+from fusesnap.snapshots.snapshotter import Snapshotter
+
+log = logging.getLogger(__name__)
+
+OID_BITS = 36
+OID_MASK = (1 << OID_BITS) - 1
+# Every change to a snapshot passes through this mount, so the kernel may keep
+# what it learned; changes made behind its back invalidate explicitly.
+CACHE_TIMEOUT = 3600.0
+
+T = TypeVar("T")
+
+
+def nodeid(sid: int, oid: int) -> int:
+    return (sid << OID_BITS) | oid
+
+
+class LayerFS(pyfuse3.Operations):
+    """The Operations of the snapshot filesystem."""
+
+    supports_dot_lookup = False
+    enable_writeback_cache = False
+    enable_acl = False
+
+    def __init__(self, snapshotter: Snapshotter) -> None:
+        super().__init__()
+        self.snapshotter = snapshotter
+        self.tree: LayerTree = snapshotter.tree
+        self.uid = os.getuid()
+        self.gid = os.getgid()
+        self.started_ns = time.time_ns()
+        self._files: dict[int, OpenFile] = {}
+        self._dirs: dict[int, list[tuple[bytes, int, Attr]]] = {}
+        self._next_fh = 1
+        snapshotter.on_removed.append(self._forget_snapshot)
+
+    # ----------------------------------------------------------------- plumbing
+
+    def _view(self, inode: int) -> tuple[View, int]:
+        view = self.snapshotter.view_of(inode >> OID_BITS)
+        if view is None or not view.alive:
+            raise pyfuse3.FUSEError(errno.ESTALE)
+        return view, inode & OID_MASK
+
+    def _entry(self, view: View, a: Attr) -> pyfuse3.EntryAttributes:
+        e = pyfuse3.EntryAttributes()
+        e.st_ino = nodeid(view.sid, a.oid)
+        e.generation = 0
+        e.entry_timeout = CACHE_TIMEOUT
+        e.attr_timeout = CACHE_TIMEOUT
+        e.st_mode = a.mode
+        e.st_nlink = a.nlink
+        e.st_uid = a.uid
+        e.st_gid = a.gid
+        e.st_rdev = a.rdev
+        e.st_size = a.size
+        e.st_blksize = 4096
+        e.st_blocks = (a.size + 511) // 512
+        e.st_atime_ns = a.atime_ns
+        e.st_mtime_ns = a.mtime_ns
+        e.st_ctime_ns = a.ctime_ns
+        return e
+
+    def _top_entry(self) -> pyfuse3.EntryAttributes:
+        e = pyfuse3.EntryAttributes()
+        e.st_ino = pyfuse3.ROOT_INODE
+        e.entry_timeout = 0
+        e.attr_timeout = 0
+        e.st_mode = stat.S_IFDIR | 0o755
+        e.st_nlink = 2
+        e.st_uid = self.uid
+        e.st_gid = self.gid
+        e.st_blksize = 4096
+        e.st_atime_ns = e.st_mtime_ns = e.st_ctime_ns = self.started_ns
+        return e
+
+    @staticmethod
+    def _call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        try:
+            return fn(*args, **kwargs)
+        except pyfuse3.FUSEError:
+            raise
+        except OSError as e:
+            raise pyfuse3.FUSEError(e.errno or errno.EIO) from None
+
+    def _forget_snapshot(self, sid: int) -> None:
+        try:
+            pyfuse3.invalidate_entry_async(pyfuse3.ROOT_INODE, str(sid).encode(),
+                                           ignore_enoent=True)
+        except Exception:  # the mount may not be up (tests, shutdown)
+            log.debug("could not invalidate snapshot %d", sid, exc_info=True)
+
+    # ----------------------------------------------------------------- lookups
+
+    async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None) -> pyfuse3.EntryAttributes:
+        if parent_inode == pyfuse3.ROOT_INODE:
+            if not name.isdigit():
+                raise pyfuse3.FUSEError(errno.ENOENT)
+            view = self.snapshotter.view_of(int(name))
+            if view is None:
+                raise pyfuse3.FUSEError(errno.ENOENT)
+            return self._entry(view, self._call(self.tree.attr, view, ROOT_OID))
+        view, oid = self._view(parent_inode)
+        return self._entry(view, self._call(self.tree.lookup, view, oid, name))
+
+    async def forget(self, inode_list: Any) -> None:
+        return None
+
+    async def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:
+        if inode == pyfuse3.ROOT_INODE:
+            return self._top_entry()
+        view, oid = self._view(inode)
+        return self._entry(view, self._call(self.tree.attr, view, oid))
+
+    async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes,
+                      fields: pyfuse3.SetattrFields, fh: int | None, ctx: Any) -> pyfuse3.EntryAttributes:
+        if inode == pyfuse3.ROOT_INODE:
+            raise pyfuse3.FUSEError(errno.EPERM)
+        view, oid = self._view(inode)
+        now = time.time_ns()
+        a = self._call(
+            self.tree.setattr, view, oid,
+            mode=attr.st_mode if fields.update_mode else None,
+            uid=attr.st_uid if fields.update_uid else None,
+            gid=attr.st_gid if fields.update_gid else None,
+            size=attr.st_size if fields.update_size else None,
+            atime_ns=(attr.st_atime_ns or now) if fields.update_atime else None,
+            mtime_ns=(attr.st_mtime_ns or now) if fields.update_mtime else None,
+        )
+        return self._entry(view, a)
+
+    async def readlink(self, inode: int, ctx: Any) -> bytes:
+        view, oid = self._view(inode)
+        a = self._call(self.tree.attr, view, oid)
+        if not stat.S_ISLNK(a.mode):
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        return bytes(a.target)
+
+    # ----------------------------------------------------------------- directories
+
+    async def opendir(self, inode: int, ctx: Any) -> int:
+        if inode == pyfuse3.ROOT_INODE:
+            entries = []
+            for sid in self.snapshotter.snapshot_ids():
+                view = self.snapshotter.view_of(sid)
+                if view is not None:
+                    a = self._call(self.tree.attr, view, ROOT_OID)
+                    entries.append((str(sid).encode(), sid, a))
+        else:
+            view, oid = self._view(inode)
+            a = self._call(self.tree.attr, view, oid)
+            if not a.is_dir:
+                raise pyfuse3.FUSEError(errno.ENOTDIR)
+            entries = [(n, view.sid, x) for n, x in self._call(self.tree.listdir, view, oid)]
+        fh = self._next_fh
+        self._next_fh += 1
+        self._dirs[fh] = entries
+        return fh
+
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        entries = self._dirs[fh]
+        for i in range(start_id, len(entries)):
+            name, sid, a = entries[i]
+            view = self.tree.views.get(sid)
+            if view is None:
+                continue
+            if not pyfuse3.readdir_reply(token, name, self._entry(view, a), i + 1):
+                break
+
+    async def releasedir(self, fh: int) -> None:
+        self._dirs.pop(fh, None)
+
+    async def fsyncdir(self, fh: int, datasync: bool) -> None:
+        return None
+
+    async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        return await self._make(parent_inode, name, stat.S_IFDIR | stat.S_IMODE(mode), ctx)
+
+    async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int,
+                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        return await self._make(parent_inode, name, mode, ctx, rdev=rdev)
+
+    async def symlink(self, parent_inode: int, name: bytes, target: bytes,
+                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        return await self._make(parent_inode, name, stat.S_IFLNK | 0o777, ctx, target=target)
+
+    async def _make(self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext,
+                    rdev: int = 0, target: bytes | None = None) -> pyfuse3.EntryAttributes:
+        if parent_inode == pyfuse3.ROOT_INODE:
+            raise pyfuse3.FUSEError(errno.EPERM)
+        view, oid = self._view(parent_inode)
+        a = self._call(self.tree.make, view, oid, name, mode, ctx.uid, ctx.gid, rdev, target)
+        return self._entry(view, a)
+
+    async def unlink(self, parent_inode: int, name: bytes, ctx: Any) -> None:
+        if parent_inode == pyfuse3.ROOT_INODE:
+            raise pyfuse3.FUSEError(errno.EPERM)
+        view, oid = self._view(parent_inode)
+        self._call(self.tree.unlink, view, oid, name)
+
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: Any) -> None:
+        if parent_inode == pyfuse3.ROOT_INODE:
+            raise pyfuse3.FUSEError(errno.EPERM)
+        view, oid = self._view(parent_inode)
+        self._call(self.tree.rmdir, view, oid, name)
+
+    async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,
+                     name_new: bytes, flags: int, ctx: Any) -> None:
+        if pyfuse3.ROOT_INODE in (parent_inode_old, parent_inode_new):
+            raise pyfuse3.FUSEError(errno.EPERM)
+        view, old = self._view(parent_inode_old)
+        view_new, new = self._view(parent_inode_new)
+        if view is not view_new:
+            raise pyfuse3.FUSEError(errno.EXDEV)  # two snapshots, not two layers
+        self._call(self.tree.rename, view, old, name_old, new, name_new,
+                   exchange=bool(flags & pyfuse3.RENAME_EXCHANGE),
+                   noreplace=bool(flags & pyfuse3.RENAME_NOREPLACE))
+
+    async def link(self, inode: int, new_parent_inode: int, new_name: bytes,
+                   ctx: Any) -> pyfuse3.EntryAttributes:
+        if new_parent_inode == pyfuse3.ROOT_INODE:
+            raise pyfuse3.FUSEError(errno.EPERM)
+        view, oid = self._view(inode)
+        view_new, parent = self._view(new_parent_inode)
+        if view is not view_new:
+            raise pyfuse3.FUSEError(errno.EXDEV)
+        return self._entry(view, self._call(self.tree.link, view, oid, parent, new_name))
+
+    # ----------------------------------------------------------------- files
+
+    def _new_handle(self, of: OpenFile) -> pyfuse3.FileInfo:
+        fh = self._next_fh
+        self._next_fh += 1
+        self._files[fh] = of
+        return pyfuse3.FileInfo(fh=fh, keep_cache=True)
+
+    async def open(self, inode: int, flags: int, ctx: Any) -> pyfuse3.FileInfo:
+        view, oid = self._view(inode)
+        return self._new_handle(self._call(self.tree.open, view, oid, flags))
+
+    async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
+                     ctx: pyfuse3.RequestContext) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        if parent_inode == pyfuse3.ROOT_INODE:
+            raise pyfuse3.FUSEError(errno.EPERM)
+        view, parent = self._view(parent_inode)
+        a = self._call(self.tree.make, view, parent, name,
+                       stat.S_IFREG | stat.S_IMODE(mode), ctx.uid, ctx.gid)
+        of = self._call(self.tree.open, view, a.oid, (flags & ~os.O_TRUNC) | os.O_RDWR)
+        return self._new_handle(of), self._entry(view, a)
+
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        try:
+            return os.pread(self._files[fh].fd, size, off)
+        except OSError as e:
+            raise pyfuse3.FUSEError(e.errno or errno.EIO) from None
+
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        return self._call(self.tree.write, self._files[fh], off, buf)
+
+    async def flush(self, fh: int) -> None:
+        return None
+
+    async def release(self, fh: int) -> None:
+        of = self._files.pop(fh, None)
+        if of is not None:
+            self._call(self.tree.release, of)
+
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        self._call(self.tree.fsync, self._files[fh], datasync)
+
+    # ----------------------------------------------------------------- xattrs, statfs
+
+    async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: Any) -> None:
+        if inode == pyfuse3.ROOT_INODE:
+            raise pyfuse3.FUSEError(errno.EPERM)
+        view, oid = self._view(inode)
+        self._call(self.tree.set_xattr, view, oid, name, value)
+
+    async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
+        if inode == pyfuse3.ROOT_INODE:
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+        view, oid = self._view(inode)
+        a = self._call(self.tree.attr, view, oid)
+        value = self.tree.xattrs(view, a).get(name)
+        if value is None:
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+        return value
+
+    async def listxattr(self, inode: int, ctx: Any) -> list[bytes]:
+        if inode == pyfuse3.ROOT_INODE:
+            return []
+        view, oid = self._view(inode)
+        a = self._call(self.tree.attr, view, oid)
+        return list(self.tree.xattrs(view, a))
+
+    async def removexattr(self, inode: int, name: bytes, ctx: Any) -> None:
+        if inode == pyfuse3.ROOT_INODE:
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+        view, oid = self._view(inode)
+        try:
+            self.tree.remove_xattr(view, oid, name)
+        except OSError as e:
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR if e.errno == errno.ENODATA else e.errno) from None
+
+    async def statfs(self, ctx: Any) -> pyfuse3.StatvfsData:
+        st = os.statvfs(self.tree.layers_dir)
+        out = pyfuse3.StatvfsData()
+        out.f_bsize = st.f_bsize
+        out.f_frsize = st.f_frsize
+        out.f_blocks = st.f_blocks
+        out.f_bfree = st.f_bfree
+        out.f_bavail = st.f_bavail
+        out.f_files = st.f_files
+        out.f_ffree = st.f_ffree
+        out.f_favail = st.f_favail
+        out.f_namemax = 255
+        return out

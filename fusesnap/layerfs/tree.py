@@ -1,0 +1,745 @@
+"""The layered object model behind every snapshot directory.
+
+Every filesystem object has a global id (`oid`). A layer may hold a *version*
+of an object (row in `inodes`) and *entries* (rows in `dentries`) keyed by the
+oid of the directory they live in. A snapshot's view is its own layer over the
+chain of committed layers below it: the effective version of an object, and
+the effective entry for a (directory, name), come from the topmost layer of
+the chain that has one. Consequences that make the semantics cheap:
+
+* a lookup is one indexed probe of (dir, name), whatever the chain depth;
+* a directory renamed in an upper layer keeps its oid, so the entries lower
+  layers hold for it follow it: no EXDEV, no redirects;
+* a directory removed and created again gets a new oid, so nothing of the old
+  one shows through: opacity needs no marker;
+* hard links share an oid, so a copy-up is seen through every link;
+* an entry of oid 0 is a whiteout.
+
+Regular file bytes live in `<layers>/<layer>/<oid>`, a plain file used through
+its descriptor; `data` names the layer holding them, so a metadata change of a
+lower file (chmod, chown, link) copies no bytes. Owners, modes, device numbers
+and xattrs are rows, which is how a rootless daemon records what the host would
+refuse it.
+
+Errors are `OSError(errno)`; all calls run on the trio thread.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import shutil
+import stat
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+from fusesnap.store.db import Database
+
+ROOT_OID = 1
+WHITEOUT = 0
+_FICLONE = 0x40049409  # linux/fs.h: share blocks where the backing filesystem can
+
+_INODE_COLUMNS = "oid, layer, mode, uid, gid, rdev, nlink, size, atime_ns, mtime_ns, ctime_ns, target, data"
+
+
+def fs_error(code: int, what: str = "") -> OSError:
+    return OSError(code, os.strerror(code) + (f": {what}" if what else ""))
+
+
+class Attr:
+    """One object's effective attributes in one view (a layer's version)."""
+
+    __slots__ = (
+        "oid", "layer", "mode", "uid", "gid", "rdev", "nlink", "size",
+        "atime_ns", "mtime_ns", "ctime_ns", "target", "data", "xattrs",
+    )
+
+    def __init__(self, row: tuple) -> None:
+        (self.oid, self.layer, self.mode, self.uid, self.gid, self.rdev, self.nlink, self.size,
+         self.atime_ns, self.mtime_ns, self.ctime_ns, self.target, self.data) = row
+        self.xattrs: dict[bytes, bytes] | None = None
+
+    def row(self) -> tuple:
+        return (self.oid, self.layer, self.mode, self.uid, self.gid, self.rdev, self.nlink,
+                self.size, self.atime_ns, self.mtime_ns, self.ctime_ns, self.target, self.data)
+
+    @property
+    def is_dir(self) -> bool:
+        return stat.S_ISDIR(self.mode)
+
+
+class View:
+    """A snapshot's merged view: its chain of layers and per-view caches.
+
+    Only the top layer of an active view ever changes, and no other view has
+    that layer in its chain, so the caches need no cross-view invalidation.
+    """
+
+    def __init__(self, sid: int, chain: list[int], writable: bool) -> None:
+        self.sid = sid
+        self.chain = chain
+        self.rank = {layer: i for i, layer in enumerate(chain)}
+        self.writable = writable
+        self.alive = True
+        self.attrs: dict[int, Attr] = {}
+        self.entries: dict[tuple[int, bytes], int] = {}
+
+    @property
+    def top(self) -> int:
+        return self.sid
+
+
+class OpenFile:
+    """An open regular file: a descriptor of the backing file."""
+
+    __slots__ = ("fd", "view", "attr", "writable")
+
+    def __init__(self, fd: int, view: View, attr: Attr, writable: bool) -> None:
+        self.fd = fd
+        self.view = view
+        self.attr = attr
+        self.writable = writable
+
+
+class LayerTree:
+    """Objects, entries and data of every layer in the store."""
+
+    def __init__(self, db: Database, layers_dir: Path) -> None:
+        self.db = db
+        self.layers_dir = layers_dir
+        layers_dir.mkdir(parents=True, exist_ok=True)
+        row = db.one("SELECT MAX(oid) FROM inodes")
+        self._next_oid = max(ROOT_OID, row[0] or 0) + 1
+        self.views: dict[int, View] = {}
+        self._open: dict[tuple[int, int], list[OpenFile]] = {}
+        self._dirty: dict[tuple[int, int], tuple[View, Attr]] = {}
+
+    # ----------------------------------------------------------------- layers
+
+    def data_path(self, layer: int, oid: int) -> str:
+        return f"{self.layers_dir}/{layer}/{oid}"
+
+    def create_layer(self, sid: int, root_owner: tuple[int, int] | None) -> None:
+        """Make the directory of layer `sid`; with `root_owner`, it is a base layer
+        and gets the root directory object. Runs inside the caller's transaction."""
+        (self.layers_dir / str(sid)).mkdir(exist_ok=True)
+        if root_owner is not None:
+            now = time.time_ns()
+            self.db.execute(
+                f"INSERT INTO inodes ({_INODE_COLUMNS}) VALUES (?,?,?,?,?,0,2,0,?,?,?,NULL,NULL)",
+                (ROOT_OID, sid, stat.S_IFDIR | 0o755, root_owner[0], root_owner[1], now, now, now),
+            )
+
+    def drop_layer_rows(self, sid: int) -> None:
+        """Delete the metadata of layer `sid` (inside the caller's transaction)."""
+        for table in ("inodes", "dentries", "xattrs"):
+            self.db.execute(f"DELETE FROM {table} WHERE layer = ?", (sid,))
+
+    def remove_layer_data(self, sid: int) -> None:
+        shutil.rmtree(self.layers_dir / str(sid), ignore_errors=True)
+
+    def open_view(self, sid: int, chain: list[int], writable: bool) -> View:
+        view = self.views.get(sid)
+        if view is None:
+            view = self.views[sid] = View(sid, chain, writable)
+        return view
+
+    def seal(self, view: View) -> None:
+        """Make `view` read-only (Commit): flush what open files wrote."""
+        self.flush(view)
+        view.writable = False
+
+    def forget_view(self, view: View) -> None:
+        view.alive = False
+        view.writable = False
+        self.views.pop(view.sid, None)
+        for key in [k for k in self._open if k[0] == view.sid]:
+            for of in self._open.pop(key):
+                os.close(of.fd)
+        for key in [k for k in self._dirty if k[0] == view.sid]:
+            del self._dirty[key]
+
+    def usage(self, view: View) -> tuple[int, int]:
+        """(bytes of file data, objects) held by the view's own layer."""
+        self.flush(view)
+        row = self.db.one(
+            "SELECT COALESCE(SUM(CASE WHEN data = layer THEN size ELSE 0 END), 0), COUNT(*)"
+            " FROM inodes WHERE layer = ?",
+            (view.top,),
+        )
+        return int(row[0]), int(row[1])
+
+    def recover_layer(self, sid: int) -> None:
+        """After an unclean stop: take file sizes from the backing files (writes
+        are recorded lazily), drop objects whose last link went while open, and
+        delete data files no row refers to."""
+        layer_dir = self.layers_dir / str(sid)
+        layer_dir.mkdir(exist_ok=True)
+        with self.db.transaction():
+            self.db.execute(
+                "DELETE FROM xattrs WHERE layer = ? AND oid IN "
+                "(SELECT oid FROM inodes WHERE layer = ? AND nlink = 0)", (sid, sid))
+            self.db.execute("DELETE FROM inodes WHERE layer = ? AND nlink = 0", (sid,))
+            own = {
+                oid: (size, mtime)
+                for oid, size, mtime in self.db.all(
+                    "SELECT oid, size, mtime_ns FROM inodes WHERE layer = ? AND data = ?",
+                    (sid, sid),
+                )
+            }
+            for entry in os.scandir(layer_dir):
+                oid = int(entry.name) if entry.name.isdigit() else None
+                if oid is None or oid not in own:
+                    os.unlink(entry.path)
+                    continue
+                st = entry.stat(follow_symlinks=False)
+                size, mtime = own[oid]
+                if st.st_size != size or st.st_mtime_ns > mtime:
+                    self.db.execute(
+                        "UPDATE inodes SET size = ?, mtime_ns = MAX(mtime_ns, ?) "
+                        "WHERE oid = ? AND layer = ?",
+                        (st.st_size, st.st_mtime_ns, oid, sid),
+                    )
+
+    # ----------------------------------------------------------------- reading
+
+    def attr(self, view: View, oid: int) -> Attr:
+        """The effective attributes of `oid` in `view`; ENOENT if it has none."""
+        a = view.attrs.get(oid)
+        if a is not None:
+            return a
+        best = None
+        best_rank = len(view.chain)
+        for row in self.db.all(f"SELECT {_INODE_COLUMNS} FROM inodes WHERE oid = ?", (oid,)):
+            r = view.rank.get(row[1])
+            if r is not None and r < best_rank:
+                best, best_rank = row, r
+        if best is None:
+            raise fs_error(errno.ENOENT)
+        a = view.attrs[oid] = Attr(best)
+        return a
+
+    def _probe(self, view: View, dir_oid: int, name: bytes, below_top: bool = False) -> int:
+        best, best_rank = WHITEOUT, len(view.chain)
+        first = 1 if below_top else 0
+        for layer, oid in self.db.all(
+            "SELECT layer, oid FROM dentries WHERE dir = ? AND name = ?", (dir_oid, name)
+        ):
+            r = view.rank.get(layer)
+            if r is not None and first <= r < best_rank:
+                best, best_rank = oid, r
+        return best
+
+    def find(self, view: View, dir_oid: int, name: bytes) -> int:
+        """The oid `name` names in directory `dir_oid`, or 0."""
+        key = (dir_oid, name)
+        oid = view.entries.get(key)
+        if oid is None:
+            oid = view.entries[key] = self._probe(view, dir_oid, name)
+        return oid
+
+    def lookup(self, view: View, dir_oid: int, name: bytes) -> Attr:
+        oid = self.find(view, dir_oid, name)
+        if not oid:
+            raise fs_error(errno.ENOENT)
+        return self.attr(view, oid)
+
+    def listdir(self, view: View, dir_oid: int) -> list[tuple[bytes, Attr]]:
+        """The merged entries of a directory, sorted by name, attributes loaded in bulk."""
+        best: dict[bytes, tuple[int, int]] = {}
+        depth = len(view.chain)
+        for name, layer, oid in self.db.all(
+            "SELECT name, layer, oid FROM dentries WHERE dir = ?", (dir_oid,)
+        ):
+            r = view.rank.get(layer)
+            if r is not None and r < best.get(name, (depth, 0))[0]:
+                best[name] = (r, oid)
+        for name, (_, oid) in best.items():
+            view.entries[(dir_oid, name)] = oid
+        self._load_attrs(view, [oid for _, oid in best.values() if oid])
+        out = []
+        for name in sorted(best):
+            oid = best[name][1]
+            if oid:
+                a = view.attrs.get(oid)
+                if a is not None:
+                    out.append((name, a))
+        return out
+
+    def _load_attrs(self, view: View, oids: Iterable[int]) -> None:
+        missing = [o for o in set(oids) if o not in view.attrs]
+        depth = len(view.chain)
+        for i in range(0, len(missing), 500):
+            chunk = missing[i:i + 500]
+            best: dict[int, tuple[int, tuple]] = {}
+            marks = ",".join("?" * len(chunk))
+            for row in self.db.all(
+                f"SELECT {_INODE_COLUMNS} FROM inodes WHERE oid IN ({marks})", chunk
+            ):
+                r = view.rank.get(row[1])
+                if r is not None and r < best.get(row[0], (depth, ()))[0]:
+                    best[row[0]] = (r, row)
+            for oid, (_, row) in best.items():
+                view.attrs[oid] = Attr(row)
+
+    def is_empty_dir(self, view: View, dir_oid: int) -> bool:
+        return not self.listdir(view, dir_oid)
+
+    def xattrs(self, view: View, a: Attr) -> dict[bytes, bytes]:
+        if a.xattrs is None:
+            a.xattrs = dict(self.db.all(
+                "SELECT name, value FROM xattrs WHERE oid = ? AND layer = ?", (a.oid, a.layer)
+            ))
+        return a.xattrs
+
+    # ----------------------------------------------------------------- writing helpers
+
+    def _writable(self, view: View) -> None:
+        if not view.writable:
+            raise fs_error(errno.EROFS)
+
+    def _new_oid(self) -> int:
+        oid = self._next_oid
+        self._next_oid += 1
+        return oid
+
+    def _own(self, view: View, a: Attr) -> Attr:
+        """Give the top layer its own version of `a` (metadata only; bytes stay)."""
+        if a.layer != view.top:
+            self.xattrs(view, a)
+            a.layer = view.top
+            self.db.execute(
+                f"INSERT OR REPLACE INTO inodes ({_INODE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                a.row(),
+            )
+            assert a.xattrs is not None
+            self.db.executemany(
+                "INSERT INTO xattrs (oid, layer, name, value) VALUES (?,?,?,?)",
+                [(a.oid, a.layer, k, v) for k, v in a.xattrs.items()],
+            )
+        return a
+
+    def _save(self, a: Attr) -> None:
+        self.db.execute(
+            "UPDATE inodes SET mode=?, uid=?, gid=?, rdev=?, nlink=?, size=?, atime_ns=?,"
+            " mtime_ns=?, ctime_ns=?, target=?, data=? WHERE oid=? AND layer=?",
+            (a.mode, a.uid, a.gid, a.rdev, a.nlink, a.size, a.atime_ns, a.mtime_ns, a.ctime_ns,
+             a.target, a.data, a.oid, a.layer),
+        )
+
+    def _set_entry(self, view: View, dir_oid: int, name: bytes, oid: int) -> None:
+        self.db.execute(
+            "INSERT OR REPLACE INTO dentries (dir, name, layer, oid) VALUES (?,?,?,?)",
+            (dir_oid, name, view.top, oid),
+        )
+        view.entries[(dir_oid, name)] = oid
+
+    def _clear_entry(self, view: View, dir_oid: int, name: bytes) -> None:
+        if self._probe(view, dir_oid, name, below_top=True):
+            self._set_entry(view, dir_oid, name, WHITEOUT)
+        else:
+            self.db.execute(
+                "DELETE FROM dentries WHERE dir = ? AND name = ? AND layer = ?",
+                (dir_oid, name, view.top),
+            )
+            view.entries[(dir_oid, name)] = WHITEOUT
+
+    def _touch_dir(self, view: View, d: Attr, now: int, nlink_delta: int = 0) -> None:
+        self._own(view, d)
+        d.mtime_ns = d.ctime_ns = now
+        d.nlink += nlink_delta
+        self._save(d)
+
+    def _dir(self, view: View, dir_oid: int) -> Attr:
+        d = self.attr(view, dir_oid)
+        if not d.is_dir:
+            raise fs_error(errno.ENOTDIR)
+        return d
+
+    def _drop_link(self, view: View, a: Attr, now: int, doomed: list[str]) -> None:
+        """One name of `a` went away; forget the object with its last name
+        (once nothing holds it open)."""
+        if a.nlink <= 1 and a.layer != view.top:
+            a.nlink = 0  # only lower versions exist; the whiteout hides it
+            return
+        self._own(view, a)
+        a.nlink -= 1
+        a.ctime_ns = now
+        if a.nlink > 0 or self._open.get((view.top, a.oid)):
+            self._save(a)
+        else:
+            self._purge(view, a, doomed)
+
+    def _purge(self, view: View, a: Attr, doomed: list[str]) -> None:
+        self.db.execute("DELETE FROM inodes WHERE oid = ? AND layer = ?", (a.oid, view.top))
+        self.db.execute("DELETE FROM xattrs WHERE oid = ? AND layer = ?", (a.oid, view.top))
+        if a.is_dir:
+            self.db.execute(
+                "DELETE FROM dentries WHERE dir = ? AND layer = ?", (a.oid, view.top)
+            )
+        if a.data == view.top:
+            doomed.append(self.data_path(view.top, a.oid))
+        view.attrs.pop(a.oid, None)
+        self._dirty.pop((view.top, a.oid), None)
+
+    @staticmethod
+    def _unlink_files(paths: list[str]) -> None:
+        for p in paths:
+            try:
+                os.unlink(p)
+            except FileNotFoundError:
+                pass
+
+    # ----------------------------------------------------------------- namespace operations
+
+    def make(
+        self, view: View, dir_oid: int, name: bytes, mode: int, uid: int, gid: int,
+        rdev: int = 0, target: bytes | None = None,
+    ) -> Attr:
+        """Create a file, directory, symlink, fifo, socket or device node."""
+        self._writable(view)
+        d = self._dir(view, dir_oid)
+        if self.find(view, dir_oid, name):
+            raise fs_error(errno.EEXIST)
+        if d.mode & stat.S_ISGID:
+            gid = d.gid
+            if stat.S_ISDIR(mode):
+                mode |= stat.S_ISGID
+        oid = self._new_oid()
+        now = time.time_ns()
+        is_dir = stat.S_ISDIR(mode)
+        is_reg = stat.S_ISREG(mode)
+        a = Attr((oid, view.top, mode, uid, gid, rdev, 2 if is_dir else 1,
+                  len(target) if target is not None else 0, now, now, now, target,
+                  view.top if is_reg else None))
+        a.xattrs = {}
+        if is_reg:
+            os.close(os.open(self.data_path(view.top, oid),
+                             os.O_CREAT | os.O_TRUNC | os.O_WRONLY, 0o600))
+        try:
+            with self.db.transaction():
+                self.db.execute(
+                    f"INSERT INTO inodes ({_INODE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    a.row(),
+                )
+                self._set_entry(view, dir_oid, name, oid)
+                self._touch_dir(view, d, now, 1 if is_dir else 0)
+        except BaseException:
+            view.entries.pop((dir_oid, name), None)
+            if is_reg:
+                self._unlink_files([self.data_path(view.top, oid)])
+            raise
+        view.attrs[oid] = a
+        return a
+
+    def link(self, view: View, oid: int, dir_oid: int, name: bytes) -> Attr:
+        self._writable(view)
+        a = self.attr(view, oid)
+        if a.is_dir:
+            raise fs_error(errno.EPERM)
+        d = self._dir(view, dir_oid)
+        if self.find(view, dir_oid, name):
+            raise fs_error(errno.EEXIST)
+        now = time.time_ns()
+        with self.db.transaction():
+            self._set_entry(view, dir_oid, name, oid)
+            self._own(view, a)
+            a.nlink += 1
+            a.ctime_ns = now
+            self._save(a)
+            self._touch_dir(view, d, now)
+        return a
+
+    def unlink(self, view: View, dir_oid: int, name: bytes) -> None:
+        self._writable(view)
+        d = self._dir(view, dir_oid)
+        a = self.lookup(view, dir_oid, name)
+        if a.is_dir:
+            raise fs_error(errno.EISDIR)
+        doomed: list[str] = []
+        now = time.time_ns()
+        with self.db.transaction():
+            self._clear_entry(view, dir_oid, name)
+            self._drop_link(view, a, now, doomed)
+            self._touch_dir(view, d, now)
+        self._unlink_files(doomed)
+
+    def rmdir(self, view: View, dir_oid: int, name: bytes) -> None:
+        self._writable(view)
+        d = self._dir(view, dir_oid)
+        a = self.lookup(view, dir_oid, name)
+        if not a.is_dir:
+            raise fs_error(errno.ENOTDIR)
+        if not self.is_empty_dir(view, a.oid):
+            raise fs_error(errno.ENOTEMPTY)
+        now = time.time_ns()
+        doomed: list[str] = []
+        with self.db.transaction():
+            self._clear_entry(view, dir_oid, name)
+            self._remove_dir_object(view, a, doomed)
+            self._touch_dir(view, d, now, -1)
+
+    def _remove_dir_object(self, view: View, a: Attr, doomed: list[str]) -> None:
+        if a.layer == view.top:
+            self._purge(view, a, doomed)
+        else:
+            # Entries the top layer made inside it (whiteouts) are unreachable now.
+            self.db.execute(
+                "DELETE FROM dentries WHERE dir = ? AND layer = ?", (a.oid, view.top)
+            )
+            a.nlink = 0
+
+    def rename(
+        self, view: View, old_dir: int, old_name: bytes, new_dir: int, new_name: bytes,
+        exchange: bool = False, noreplace: bool = False,
+    ) -> None:
+        self._writable(view)
+        od = self._dir(view, old_dir)
+        nd = self._dir(view, new_dir)
+        a = self.lookup(view, old_dir, old_name)
+        tgt_oid = self.find(view, new_dir, new_name)
+        t = self.attr(view, tgt_oid) if tgt_oid else None
+        if exchange and t is None:
+            raise fs_error(errno.ENOENT)
+        if t is not None and noreplace:
+            raise fs_error(errno.EEXIST)
+        if t is not None and t.oid == a.oid and not exchange:
+            return  # two names of one object: POSIX says do nothing
+        if t is not None and not exchange:
+            if a.is_dir and not t.is_dir:
+                raise fs_error(errno.ENOTDIR)
+            if not a.is_dir and t.is_dir:
+                raise fs_error(errno.EISDIR)
+            if t.is_dir and not self.is_empty_dir(view, t.oid):
+                raise fs_error(errno.ENOTEMPTY)
+        now = time.time_ns()
+        doomed: list[str] = []
+        with self.db.transaction():
+            if exchange:
+                assert t is not None
+                self._set_entry(view, old_dir, old_name, t.oid)
+                self._set_entry(view, new_dir, new_name, a.oid)
+                if old_dir != new_dir and a.is_dir != t.is_dir:
+                    delta = 1 if a.is_dir else -1
+                    self._touch_dir(view, od, now, -delta)
+                    self._touch_dir(view, nd, now, delta)
+                for obj in (a, t):
+                    self._own(view, obj)
+                    obj.ctime_ns = now
+                    self._save(obj)
+            else:
+                self._clear_entry(view, old_dir, old_name)
+                self._set_entry(view, new_dir, new_name, a.oid)
+                if t is not None:
+                    if t.is_dir:
+                        self._remove_dir_object(view, t, doomed)
+                        self._touch_dir(view, nd, now, -1)
+                    else:
+                        self._drop_link(view, t, now, doomed)
+                if a.is_dir and old_dir != new_dir:
+                    self._touch_dir(view, od, now, -1)
+                    self._touch_dir(view, nd, now, 1)
+                self._own(view, a)
+                a.ctime_ns = now
+                self._save(a)
+            self._touch_dir(view, od, now)
+            if new_dir != old_dir:
+                self._touch_dir(view, nd, now)
+        self._unlink_files(doomed)
+
+    # ----------------------------------------------------------------- attributes
+
+    def setattr(
+        self, view: View, oid: int, *, mode: int | None = None, uid: int | None = None,
+        gid: int | None = None, size: int | None = None, atime_ns: int | None = None,
+        mtime_ns: int | None = None,
+    ) -> Attr:
+        self._writable(view)
+        a = self.attr(view, oid)
+        now = time.time_ns()
+        if size is not None:
+            if a.is_dir:
+                raise fs_error(errno.EISDIR)
+            if not stat.S_ISREG(a.mode):
+                raise fs_error(errno.EINVAL)
+        with self.db.transaction():
+            self._own(view, a)
+            if size is not None:
+                self._own_data(view, a)
+                os.truncate(self.data_path(a.data, a.oid), size)
+                a.size = size
+                a.mtime_ns = now
+                self._dirty.pop((view.top, a.oid), None)
+            if mode is not None:
+                a.mode = stat.S_IFMT(a.mode) | stat.S_IMODE(mode)
+            if uid is not None:
+                a.uid = uid
+            if gid is not None:
+                a.gid = gid
+            if atime_ns is not None:
+                a.atime_ns = atime_ns
+            if mtime_ns is not None:
+                a.mtime_ns = mtime_ns
+            a.ctime_ns = now
+            self._save(a)
+        return a
+
+    def set_xattr(self, view: View, oid: int, name: bytes, value: bytes,
+                  create: bool = False, replace: bool = False) -> None:
+        self._writable(view)
+        a = self.attr(view, oid)
+        present = name in self.xattrs(view, a)
+        if create and present:
+            raise fs_error(errno.EEXIST)
+        if replace and not present:
+            raise fs_error(errno.ENODATA)
+        with self.db.transaction():
+            self._own(view, a)
+            self.db.execute(
+                "INSERT OR REPLACE INTO xattrs (oid, layer, name, value) VALUES (?,?,?,?)",
+                (a.oid, a.layer, name, value),
+            )
+            a.ctime_ns = time.time_ns()
+            self._save(a)
+        assert a.xattrs is not None
+        a.xattrs[name] = value
+
+    def remove_xattr(self, view: View, oid: int, name: bytes) -> None:
+        self._writable(view)
+        a = self.attr(view, oid)
+        if name not in self.xattrs(view, a):
+            raise fs_error(errno.ENODATA)
+        with self.db.transaction():
+            self._own(view, a)
+            self.db.execute(
+                "DELETE FROM xattrs WHERE oid = ? AND layer = ? AND name = ?",
+                (a.oid, a.layer, name),
+            )
+            a.ctime_ns = time.time_ns()
+            self._save(a)
+        assert a.xattrs is not None
+        del a.xattrs[name]
+
+    # ----------------------------------------------------------------- file data
+
+    def _own_data(self, view: View, a: Attr) -> None:
+        """Copy the bytes of `a` into the top layer (inside the caller's transaction)."""
+        if a.data == view.top:
+            return
+        src = self.data_path(a.data, a.oid)
+        dst = self.data_path(view.top, a.oid)
+        copy_file(src, dst)
+        a.data = view.top
+        self._save(a)
+        # Descriptors opened before the copy must see the new bytes too.
+        for of in self._open.get((view.top, a.oid), ()):
+            fd = os.open(dst, os.O_RDWR if of.writable else os.O_RDONLY)
+            os.dup2(fd, of.fd)
+            os.close(fd)
+
+    def open(self, view: View, oid: int, flags: int) -> OpenFile:
+        a = self.attr(view, oid)
+        if not stat.S_ISREG(a.mode):
+            raise fs_error(errno.EINVAL)
+        writable = (flags & os.O_ACCMODE) != os.O_RDONLY or bool(flags & os.O_TRUNC)
+        if writable:
+            self._writable(view)
+            if a.data != view.top or a.layer != view.top:
+                with self.db.transaction():
+                    self._own(view, a)
+                    self._own_data(view, a)
+        fd = os.open(self.data_path(a.data, a.oid), os.O_RDWR if writable else os.O_RDONLY)
+        of = OpenFile(fd, view, a, writable)
+        self._open.setdefault((view.top, oid), []).append(of)
+        if flags & os.O_TRUNC and a.size:
+            os.ftruncate(fd, 0)
+            a.size = 0
+            a.mtime_ns = a.ctime_ns = time.time_ns()
+            with self.db.transaction():
+                self._save(a)
+        return of
+
+    def write(self, of: OpenFile, offset: int, data: bytes) -> int:
+        if not of.view.writable:
+            raise fs_error(errno.EROFS)
+        n = os.pwrite(of.fd, data, offset)
+        a = of.attr
+        if offset + n > a.size:
+            a.size = offset + n
+        a.mtime_ns = a.ctime_ns = time.time_ns()
+        self._dirty[(of.view.top, a.oid)] = (of.view, a)
+        return n
+
+    def fsync(self, of: OpenFile, datasync: bool) -> None:
+        self._flush_one(of.view, of.attr)
+        if datasync:
+            os.fdatasync(of.fd)
+        else:
+            os.fsync(of.fd)
+
+    def release(self, of: OpenFile) -> None:
+        key = (of.view.top, of.attr.oid)
+        handles = self._open.get(key, [])
+        if of in handles:
+            handles.remove(of)
+        if not handles:
+            self._open.pop(key, None)
+        os.close(of.fd)
+        if not of.view.alive:
+            return
+        a = of.attr
+        if not handles and a.nlink == 0 and a.layer == of.view.top:
+            doomed: list[str] = []
+            with self.db.transaction():
+                self._purge(of.view, a, doomed)
+            self._unlink_files(doomed)
+        else:
+            self._flush_one(of.view, a)
+
+    def _flush_one(self, view: View, a: Attr) -> None:
+        if self._dirty.pop((view.top, a.oid), None) is not None:
+            with self.db.transaction():
+                self._save(a)
+
+    def flush(self, view: View | None = None) -> None:
+        """Record the sizes and times that writes changed (all views, or one)."""
+        items = [
+            (k, v) for k, v in self._dirty.items() if view is None or k[0] == view.top
+        ]
+        if not items:
+            return
+        with self.db.transaction():
+            for key, (_, a) in items:
+                del self._dirty[key]
+                self._save(a)
+
+
+def copy_file(src: str, dst: str) -> None:
+    """Copy `src` to `dst`, sharing blocks where the filesystem can, keeping holes."""
+    with open(src, "rb") as fsrc, open(dst, "wb") as fdst:
+        try:
+            fcntl.ioctl(fdst.fileno(), _FICLONE, fsrc.fileno())
+            return
+        except OSError:
+            pass
+        in_fd, out_fd = fsrc.fileno(), fdst.fileno()
+        size = os.fstat(in_fd).st_size
+        pos = 0
+        while pos < size:
+            try:
+                start = os.lseek(in_fd, pos, os.SEEK_DATA)
+            except OSError as e:
+                if e.errno == errno.ENXIO:
+                    break
+                raise
+            end = os.lseek(in_fd, start, os.SEEK_HOLE)
+            off = start
+            while off < end:
+                n = os.copy_file_range(in_fd, out_fd, end - off, off, off)
+                if n == 0:
+                    break
+                off += n
+            pos = end
+        os.ftruncate(out_fd, size)

@@ -1,0 +1,156 @@
+"""Prepare/View/Commit/Remove/… with containerd's semantics (spec §2).
+
+The metastore keeps records; the layer tree keeps the objects of each layer.
+Commit is a metadata change: no bytes move, whatever the snapshot's size, and
+the snapshot keeps its id, so its directory under the mountpoint stays where
+it was and simply turns read-only.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fusesnap import filters, labels
+from fusesnap.errors import FailedPrecondition
+from fusesnap.layerfs.tree import LayerTree, View
+from fusesnap.store.db import Database
+from fusesnap.store.metastore import Kind, MetaStore, SnapshotRecord
+
+
+@dataclass
+class Mount:
+    type: str
+    source: str
+    options: list[str] = field(default_factory=list)
+
+
+class Snapshotter:
+    """The snapshot rules; every public method is one transaction."""
+
+    def __init__(
+        self, db: Database, tree: LayerTree, mountpoint: Path, owner: tuple[int, int]
+    ) -> None:
+        self.db = db
+        self.meta = MetaStore(db)
+        self.tree = tree
+        self.mountpoint = mountpoint
+        self.owner = owner
+        # Called with the id of a snapshot that disappeared (the FUSE layer
+        # drops the kernel's cached entry for it).
+        self.on_removed: list[Callable[[int], None]] = []
+
+    # ------------------------------------------------------------------ helpers
+
+    def _mounts(self, rec: SnapshotRecord) -> list[Mount]:
+        mode = "rw" if rec.kind == Kind.ACTIVE else "ro"
+        return [Mount("bind", f"{self.mountpoint}/{rec.id}", ["rbind", mode])]
+
+    def view_of(self, sid: int) -> View | None:
+        """The merged view of snapshot `sid`, or None if there is no such snapshot."""
+        view = self.tree.views.get(sid)
+        if view is not None:
+            return view
+        rec = self.meta.get_by_id(sid)
+        if rec is None:
+            return None
+        return self.tree.open_view(sid, self.meta.chain(sid), rec.kind == Kind.ACTIVE)
+
+    def snapshot_ids(self) -> list[int]:
+        return sorted(sid for sid, _ in self.meta.ids())
+
+    # ------------------------------------------------------------------ the API
+
+    def _create(self, key: str, parent: str, kind: Kind, lbls: Mapping[str, str]) -> list[Mount]:
+        labels.validate(lbls)
+        with self.db.transaction():
+            rec = self.meta.create(key, parent, kind, labels.clean(lbls))
+            self.tree.create_layer(rec.id, None if parent else self.owner)
+        return self._mounts(rec)
+
+    def prepare(self, key: str, parent: str, lbls: Mapping[str, str]) -> list[Mount]:
+        """A new active (writable) snapshot over committed `parent` ("" = empty)."""
+        return self._create(key, parent, Kind.ACTIVE, lbls)
+
+    def view(self, key: str, parent: str, lbls: Mapping[str, str]) -> list[Mount]:
+        """A new read-only view of committed `parent`."""
+        return self._create(key, parent, Kind.VIEW, lbls)
+
+    def mounts(self, key: str) -> list[Mount]:
+        rec = self.meta.get(key)
+        if rec.kind == Kind.COMMITTED:
+            raise FailedPrecondition(f"snapshot {key} is not active or view")
+        return self._mounts(rec)
+
+    def commit(self, name: str, key: str, lbls: Mapping[str, str], parent: str = "") -> None:
+        """Make active `key` the committed snapshot `name`; its layer is frozen."""
+        labels.validate(lbls)
+        with self.db.transaction():
+            rec = self.meta.find(key)
+            view = self.view_of(rec.id) if rec is not None and rec.kind == Kind.ACTIVE else None
+            size, inodes = self.tree.usage(view) if view is not None else (0, 0)
+            rec = self.meta.commit(name, key, labels.clean(lbls), parent, size, inodes)
+        if view is not None:
+            self.tree.seal(view)
+
+    def remove(self, key: str) -> None:
+        """Delete a snapshot of any kind and its layer; not one with children."""
+        with self.db.transaction():
+            rec = self.meta.remove(key)
+            self.tree.drop_layer_rows(rec.id)
+        view = self.tree.views.get(rec.id)
+        if view is not None:
+            self.tree.forget_view(view)
+        self.tree.remove_layer_data(rec.id)
+        for callback in self.on_removed:
+            callback(rec.id)
+
+    def stat(self, key: str) -> SnapshotRecord:
+        return self.meta.get(key)
+
+    def update(self, key: str, lbls: Mapping[str, str], paths: Sequence[str]) -> SnapshotRecord:
+        """Change labels as the field mask says (spec §7.2); other fields are immutable."""
+        with self.db.transaction():
+            rec = self.meta.get(key)
+            new = labels.apply_mask(rec.labels, lbls, paths, what="snapshot", name=key)
+            return self.meta.replace_labels(key, new)
+
+    def list(self, filter_strings: Sequence[str]) -> list[SnapshotRecord]:
+        """Every snapshot matching any of the filters (spec §7.1), in key order."""
+        flt = filters.parse(filter_strings)
+        return [
+            rec for rec in self.meta.walk()
+            if flt.match(filters.object_adaptor(
+                {"name": rec.key, "parent": rec.parent, "kind": rec.kind.label}, rec.labels))
+        ]
+
+    def usage(self, key: str) -> tuple[int, int]:
+        """(bytes, inodes) of the snapshot's own layer, without walking a tree."""
+        rec = self.meta.get(key)
+        if rec.kind == Kind.COMMITTED:
+            return rec.size, rec.inodes
+        if rec.kind == Kind.VIEW:
+            return 0, 0
+        view = self.view_of(rec.id)
+        assert view is not None
+        return self.tree.usage(view)
+
+    def cleanup(self) -> list[str]:
+        """Delete layer directories that no snapshot owns (left by a crash)."""
+        known = {str(sid) for sid, _ in self.meta.ids()}
+        removed = []
+        for entry in os.scandir(self.tree.layers_dir):
+            if entry.name not in known:
+                shutil.rmtree(entry.path, ignore_errors=True)
+                removed.append(entry.name)
+        return removed
+
+    def recover(self) -> None:
+        """At start-up: settle what a killed daemon left behind."""
+        for sid, kind in self.meta.ids():
+            if kind == Kind.ACTIVE:
+                self.tree.recover_layer(sid)
+        self.cleanup()

@@ -1,0 +1,151 @@
+"""The SQLite database: schema, migrations and the one transaction helper.
+
+All access happens on the trio thread (DESIGN.md, concurrency model), so a
+single connection serves the whole process. WAL with synchronous=NORMAL
+survives a killed process; every API mutation is one transaction.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+
+-- One row per snapshot. `id` names the layer (its data directory and its
+-- directory under the mountpoint) and never changes, not even on Commit.
+CREATE TABLE IF NOT EXISTS snapshots (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    key TEXT NOT NULL UNIQUE,
+    kind INTEGER NOT NULL,
+    parent INTEGER REFERENCES snapshots(id),
+    created_ns INTEGER NOT NULL,
+    updated_ns INTEGER NOT NULL,
+    size INTEGER NOT NULL DEFAULT 0,
+    inodes INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS snapshots_parent ON snapshots(parent);
+
+CREATE TABLE IF NOT EXISTS snapshot_labels (
+    snapshot INTEGER NOT NULL,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (snapshot, key)
+) WITHOUT ROWID;
+
+-- A layer's version of a filesystem object. `oid` is global: the same object
+-- seen through several layers keeps it. `data` is the layer whose data
+-- directory holds the bytes of a regular file (NULL for other types).
+CREATE TABLE IF NOT EXISTS inodes (
+    oid INTEGER NOT NULL,
+    layer INTEGER NOT NULL,
+    mode INTEGER NOT NULL,
+    uid INTEGER NOT NULL,
+    gid INTEGER NOT NULL,
+    rdev INTEGER NOT NULL,
+    nlink INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    atime_ns INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    ctime_ns INTEGER NOT NULL,
+    target BLOB,
+    data INTEGER,
+    PRIMARY KEY (oid, layer)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS inodes_layer ON inodes(layer);
+
+-- A layer's entry `name` in directory object `dir`; oid 0 is a whiteout.
+-- A merged lookup is one probe of (dir, name) whatever the chain depth.
+CREATE TABLE IF NOT EXISTS dentries (
+    dir INTEGER NOT NULL,
+    name BLOB NOT NULL,
+    layer INTEGER NOT NULL,
+    oid INTEGER NOT NULL,
+    PRIMARY KEY (dir, name, layer)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS dentries_layer ON dentries(layer);
+
+CREATE TABLE IF NOT EXISTS xattrs (
+    oid INTEGER NOT NULL,
+    layer INTEGER NOT NULL,
+    name BLOB NOT NULL,
+    value BLOB NOT NULL,
+    PRIMARY KEY (oid, layer, name)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS xattrs_layer ON xattrs(layer);
+"""
+
+
+class Database:
+    """One SQLite connection with a re-entrant transaction helper."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute("PRAGMA synchronous=NORMAL")
+        self.conn.execute("PRAGMA foreign_keys=OFF")
+        self._depth = 0
+        self._migrate()
+
+    def _migrate(self) -> None:
+        with self.transaction():
+            sql = "\n".join(
+                line for line in _SCHEMA.splitlines() if not line.lstrip().startswith("--")
+            )
+            for statement in sql.split(";"):
+                if statement.strip():
+                    self.conn.execute(statement)
+            row = self.one("SELECT value FROM meta WHERE key = 'schema'")
+            if row is None:
+                self.execute("INSERT INTO meta (key, value) VALUES ('schema', ?)", (SCHEMA_VERSION,))
+            elif int(row[0]) > SCHEMA_VERSION:
+                raise RuntimeError(
+                    f"{self.path}: schema version {row[0]} is newer than this fusesnap "
+                    f"({SCHEMA_VERSION})"
+                )
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Run the block in one transaction; nested blocks join the outer one."""
+        if self._depth:
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+            return
+        self.conn.execute("BEGIN IMMEDIATE")
+        self._depth = 1
+        try:
+            yield
+        except BaseException:
+            self._depth = 0
+            self.conn.execute("ROLLBACK")
+            raise
+        self._depth = 0
+        self.conn.execute("COMMIT")
+
+    def execute(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> sqlite3.Cursor:
+        return self.conn.execute(sql, params)
+
+    def executemany(self, sql: str, rows: Any) -> sqlite3.Cursor:
+        return self.conn.executemany(sql, rows)
+
+    def one(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> Any:
+        return self.conn.execute(sql, params).fetchone()
+
+    def all(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> list[Any]:
+        return self.conn.execute(sql, params).fetchall()
+
+    def close(self) -> None:
+        self.conn.close()
