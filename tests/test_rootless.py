@@ -1,0 +1,197 @@
+"""Rootless: an ordinary user runs the daemon and a client for real.
+
+The test creates the user (so it needs root to set up), runs `fusesnap serve`
+and a gRPC client as that user, and proves the client needs no mount: it only
+calls Prepare/Commit/View and uses plain file system calls on the returned
+directories. Debian's /usr/bin/python3 runs the code (the project's
+interpreter may live under a directory the user cannot enter) with this
+environment's site-packages on PYTHONPATH; it is the same Python 3.11 ABI.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyfuse3
+import pytest
+
+from tests.conftest import fuse_usable
+
+USER = "fusesnap-rootless"
+REPO = Path(__file__).resolve().parents[1]
+SYSTEM_PYTHON = "/usr/bin/python3"
+
+pytestmark = pytest.mark.rootless
+
+
+def _readable_by(user: pwd.struct_passwd, path: Path) -> bool:
+    probe = subprocess.run(["runuser", "-u", user.pw_name, "--", "test", "-r", str(path)])
+    return probe.returncode == 0
+
+
+@pytest.fixture(scope="module")
+def user() -> pwd.struct_passwd:
+    if os.getuid() != 0:
+        pytest.skip("creating an ordinary user for the rootless suite needs root")
+    missing = fuse_usable()
+    if missing:
+        pytest.skip(f"FUSE unavailable: {missing}")
+    if not os.path.exists(SYSTEM_PYTHON) or not shutil.which("runuser"):
+        pytest.skip(f"{SYSTEM_PYTHON} and runuser are needed (Debian packages python3, util-linux)")
+    try:
+        return pwd.getpwnam(USER)
+    except KeyError:
+        subprocess.run(["useradd", "--create-home", "--shell", "/bin/sh", USER], check=True)
+        return pwd.getpwnam(USER)
+
+
+@pytest.fixture
+def workdir(user: pwd.struct_passwd) -> Iterator[Path]:
+    d = Path(tempfile.mkdtemp(prefix="fusesnap-rootless-"))
+    d.chmod(0o755)
+    os.chown(d, user.pw_uid, user.pw_gid)
+    yield d
+    subprocess.run(["fusermount3", "-u", "-z", str(d / "root" / "mnt")], capture_output=True)
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def _env() -> dict[str, str]:
+    site = str(Path(pyfuse3.__file__).resolve().parent.parent)
+    return {"PYTHONPATH": f"{REPO}:{site}", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+            "HOME": "/nonexistent", "LANG": "C.UTF-8"}
+
+
+def _as_user(user: pwd.struct_passwd) -> dict:
+    """Popen arguments that run a command as `user` (no wrapper process in between,
+    so signals reach the command itself)."""
+    return {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": [], "env": _env(),
+            "cwd": "/"}
+
+
+@pytest.fixture
+def rootless_daemon(user: pwd.struct_passwd, workdir: Path) -> Iterator[Path]:
+    site = Path(pyfuse3.__file__).resolve().parent.parent
+    if not (_readable_by(user, REPO / "fusesnap" / "__init__.py")
+            and _readable_by(user, site / "trio" / "__init__.py")):
+        pytest.skip(f"{USER} cannot read the source tree {REPO} or {site}")
+    log = open(workdir / "daemon.log", "wb")
+    proc = subprocess.Popen(
+        [SYSTEM_PYTHON, "-m", "fusesnap", "serve", "--root", str(workdir / "root"),
+         "--socket", str(workdir / "sock")],
+        stdout=log, stderr=log, **_as_user(user))
+    deadline = time.monotonic() + 30
+    while not (workdir / "daemon.log").read_bytes().rstrip().endswith(b"serving"):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail("rootless daemon did not start:\n"
+                        + (workdir / "daemon.log").read_text())
+        time.sleep(0.05)
+    yield workdir
+    proc.terminate()
+    assert proc.wait(timeout=30) == 0, (workdir / "daemon.log").read_text()
+    log.close()
+
+
+CLIENT = textwrap.dedent("""
+    import grpc, json, os, stat, sys
+    from fusesnap.pb import snapshots_pb2 as pb, snapshots_pb2_grpc as g
+    stub = g.SnapshotsStub(grpc.insecure_channel("unix:" + sys.argv[1]))
+    step = sys.argv[2]
+    if step == "fill":
+        d = stub.Prepare(pb.PrepareSnapshotRequest(key="build")).mounts[0].source
+        os.makedirs(d + "/usr/bin")
+        with open(d + "/usr/bin/tool", "wb") as f:
+            f.write(b"#!/bin/sh\\necho tool\\n")
+        os.chmod(d + "/usr/bin/tool", 0o4755)
+        os.symlink("tool", d + "/usr/bin/alias")
+        print(json.dumps({"dir": d}))
+    elif step == "commit":
+        stub.Commit(pb.CommitSnapshotRequest(name="layer", key="build"))
+        v = stub.View(pb.ViewSnapshotRequest(key="look", parent="layer")).mounts[0].source
+        out = {}
+        for name in ("usr/bin/tool", "usr/bin/alias", "etc/owned-by-root", "dev/null"):
+            st = os.lstat(os.path.join(v, name))
+            out[name] = {"mode": st.st_mode, "uid": st.st_uid, "gid": st.st_gid,
+                         "rdev": st.st_rdev}
+        out["tool"] = open(v + "/usr/bin/tool", "rb").read().decode()
+        out["alias"] = os.readlink(v + "/usr/bin/alias")
+        try:
+            open(v + "/new", "w")
+        except OSError as e:
+            out["view_write_errno"] = e.errno
+        print(json.dumps(out))
+""")
+
+
+def _client(user: pwd.struct_passwd, workdir: Path, step: str) -> dict:
+    import json
+
+    script = workdir / "client.py"
+    script.write_text(CLIENT)
+    proc = subprocess.run(
+        [SYSTEM_PYTHON, str(script), str(workdir / "sock"), step],
+        capture_output=True, text=True, timeout=60, **_as_user(user))
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def test_ordinary_user_prepares_fills_commits_and_views_without_mounting(
+        user: pwd.struct_passwd, rootless_daemon: Path) -> None:
+    workdir = rootless_daemon
+    mounts = (workdir / "root" / "mnt")
+    info = _client(user, workdir, "fill")
+    active = Path(info["dir"])
+    assert active.parent == mounts
+
+    # What a rootless engine's user-namespace root does (here: real root through
+    # allow_other): owners and device nodes the daemon's user could never create
+    # on the host. The daemon records them.
+    (active / "etc").mkdir()
+    (active / "etc" / "owned-by-root").write_text("secret\n")
+    os.chown(active / "etc" / "owned-by-root", 0, 0)
+    (active / "dev").mkdir()
+    os.mknod(active / "dev" / "null", 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+
+    seen = _client(user, workdir, "commit")
+    tool = seen["usr/bin/tool"]
+    assert stat.S_IMODE(tool["mode"]) == 0o4755
+    assert (tool["uid"], tool["gid"]) == (user.pw_uid, user.pw_gid)
+    assert seen["tool"] == "#!/bin/sh\necho tool\n"
+    assert seen["alias"] == "tool"
+    owned = seen["etc/owned-by-root"]
+    assert (owned["uid"], owned["gid"]) == (0, 0)
+    dev = seen["dev/null"]
+    assert stat.S_ISCHR(dev["mode"]) and dev["rdev"] == os.makedev(1, 3)
+    assert seen["view_write_errno"] == 30  # EROFS
+
+    # The host holds only plain files of the ordinary user: no device node, no root file.
+    for path in (workdir / "root").rglob("*"):
+        if path.is_relative_to(mounts):
+            continue
+        st = path.lstat()
+        assert st.st_uid == user.pw_uid, path
+        assert not (stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)), path
+
+
+def test_rootless_mount_is_nosuid_nodev_and_owned_by_the_user(
+        user: pwd.struct_passwd, rootless_daemon: Path) -> None:
+    mnt = str(rootless_daemon / "root" / "mnt")
+    with open("/proc/self/mountinfo") as f:
+        line = next(line for line in f if line.split()[4] == mnt)
+    opts = line.split()[5].split(",")
+    assert "nosuid" in opts and "nodev" in opts
+    assert f"user_id={user.pw_uid}" in line
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-v"]))
