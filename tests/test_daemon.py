@@ -22,7 +22,9 @@ def test_sigint_unmounts_and_exits_zero(daemon: Daemon) -> None:
     assert not os.path.ismount(daemon.mountpoint)
 
 
-def test_restart_after_kill_clears_stale_mount_and_keeps_snapshots(new_daemon: type[Daemon]) -> None:
+def test_restart_after_kill_clears_stale_mount_and_keeps_snapshots(
+    new_daemon: type[Daemon],
+) -> None:
     d = new_daemon().start()
     base = d.prepare("base-key")
     (base / "dir").mkdir()

@@ -26,7 +26,8 @@ def make_server(bridge: TrioBridge, snapshotter: Snapshotter, socket: Path,
             ("grpc.max_send_message_length", MAX_MESSAGE),
         ],
     )
-    snapshots_pb2_grpc.add_SnapshotsServicer_to_server(SnapshotsServicer(bridge, snapshotter), server)
+    snapshots_pb2_grpc.add_SnapshotsServicer_to_server(
+        SnapshotsServicer(bridge, snapshotter), server)
     namespaces_pb2_grpc.add_NamespacesServicer_to_server(NamespacesServicer(), server)
     if server.add_insecure_port(f"unix:{socket}") == 0:
         raise OSError(f"cannot listen on {socket}")

@@ -16,6 +16,10 @@ from fusesnap.snapshots.snapshotter import Mount, Snapshotter
 from fusesnap.store.metastore import SnapshotRecord
 
 LIST_BATCH = 100
+# Go clients that dial with grpc defaults receive at most 4 MiB per message
+# (spec §1.1): a batch is also cut by size. An Info bigger than this on its
+# own still goes out, alone.
+LIST_BATCH_BYTES = 4 * 1024 * 1024 - 64 * 1024
 
 
 def _mounts(mounts: list[Mount]) -> list[mount_pb2.Mount]:
@@ -24,7 +28,7 @@ def _mounts(mounts: list[Mount]) -> list[mount_pb2.Mount]:
 
 def _info(rec: SnapshotRecord) -> snapshots_pb2.Info:
     return snapshots_pb2.Info(
-        name=rec.key, parent=rec.parent, kind=int(rec.kind),
+        name=rec.key, parent=rec.parent, kind=snapshots_pb2.Kind.Value(rec.kind.name),
         created_at=timestamp(rec.created_ns), updated_at=timestamp(rec.updated_ns),
         labels=rec.labels,
     )
@@ -52,7 +56,8 @@ class SnapshotsServicer(snapshots_pb2_grpc.SnapshotsServicer):
     @rpc
     def Mounts(self, request: snapshots_pb2.MountsRequest,
                context: grpc.ServicerContext) -> snapshots_pb2.MountsResponse:
-        return snapshots_pb2.MountsResponse(mounts=_mounts(self.call(self.core.mounts, request.key)))
+        mounts = self.call(self.core.mounts, request.key)
+        return snapshots_pb2.MountsResponse(mounts=_mounts(mounts))
 
     @rpc
     def Commit(self, request: snapshots_pb2.CommitSnapshotRequest,
@@ -70,7 +75,8 @@ class SnapshotsServicer(snapshots_pb2_grpc.SnapshotsServicer):
     @rpc
     def Stat(self, request: snapshots_pb2.StatSnapshotRequest,
              context: grpc.ServicerContext) -> snapshots_pb2.StatSnapshotResponse:
-        return snapshots_pb2.StatSnapshotResponse(info=_info(self.call(self.core.stat, request.key)))
+        rec = self.call(self.core.stat, request.key)
+        return snapshots_pb2.StatSnapshotResponse(info=_info(rec))
 
     @rpc
     def Update(self, request: snapshots_pb2.UpdateSnapshotRequest,
@@ -87,9 +93,19 @@ class SnapshotsServicer(snapshots_pb2_grpc.SnapshotsServicer):
         # Taken in one call, streamed outside the trio thread: a slow reader
         # holds nothing other RPCs need.
         records = self.call(self.core.list, list(request.filters))
-        for i in range(0, len(records), LIST_BATCH):
-            yield snapshots_pb2.ListSnapshotsResponse(
-                info=[_info(r) for r in records[i:i + LIST_BATCH]])
+        batch: list[snapshots_pb2.Info] = []
+        size = 0
+        for rec in records:
+            info = _info(rec)
+            # Each repeated entry costs its length plus a tag and a length prefix.
+            cost = info.ByteSize() + 6
+            if batch and (len(batch) == LIST_BATCH or size + cost > LIST_BATCH_BYTES):
+                yield snapshots_pb2.ListSnapshotsResponse(info=batch)
+                batch, size = [], 0
+            batch.append(info)
+            size += cost
+        if batch:
+            yield snapshots_pb2.ListSnapshotsResponse(info=batch)
 
     @rpc
     def Usage(self, request: snapshots_pb2.UsageRequest,

@@ -8,6 +8,7 @@ it was and simply turns read-only.
 
 from __future__ import annotations
 
+import builtins
 import os
 import shutil
 from collections.abc import Callable, Mapping, Sequence
@@ -86,13 +87,15 @@ class Snapshotter:
         return self._mounts(rec)
 
     def commit(self, name: str, key: str, lbls: Mapping[str, str], parent: str = "") -> None:
-        """Make active `key` the committed snapshot `name`; its layer is frozen."""
-        labels.validate(lbls)
+        """Make active `key` the committed snapshot `name`; its layer is frozen.
+
+        Labels are validated by the metastore, after the name and key checks.
+        """
         with self.db.transaction():
             rec = self.meta.find(key)
             view = self.view_of(rec.id) if rec is not None and rec.kind == Kind.ACTIVE else None
             size, inodes = self.tree.usage(view) if view is not None else (0, 0)
-            rec = self.meta.commit(name, key, labels.clean(lbls), parent, size, inodes)
+            rec = self.meta.commit(name, key, lbls, parent, size, inodes)
         if view is not None:
             self.tree.seal(view)
 
@@ -118,7 +121,7 @@ class Snapshotter:
             new = labels.apply_mask(rec.labels, lbls, paths, what="snapshot", name=key)
             return self.meta.replace_labels(key, new)
 
-    def list(self, filter_strings: Sequence[str]) -> list[SnapshotRecord]:
+    def list(self, filter_strings: Sequence[str]) -> builtins.list[SnapshotRecord]:
         """Every snapshot matching any of the filters (spec §7.1), in key order."""
         flt = filters.parse(filter_strings)
         return [
@@ -138,7 +141,7 @@ class Snapshotter:
         assert view is not None
         return self.tree.usage(view)
 
-    def cleanup(self) -> list[str]:
+    def cleanup(self) -> builtins.list[str]:
         """Delete layer directories that no snapshot owns (left by a crash)."""
         known = {str(sid) for sid, _ in self.meta.ids()}
         removed = []

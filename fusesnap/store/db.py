@@ -107,7 +107,9 @@ class Database:
                     self.conn.execute(statement)
             row = self.one("SELECT value FROM meta WHERE key = 'schema'")
             if row is None:
-                self.execute("INSERT INTO meta (key, value) VALUES ('schema', ?)", (SCHEMA_VERSION,))
+                self.execute(
+                    "INSERT INTO meta (key, value) VALUES ('schema', ?)", (SCHEMA_VERSION,)
+                )
             elif int(row[0]) > SCHEMA_VERSION:
                 raise RuntimeError(
                     f"{self.path}: schema version {row[0]} is newer than this fusesnap "

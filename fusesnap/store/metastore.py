@@ -18,6 +18,7 @@ from fusesnap.errors import (
     InvalidArgument,
     NotFound,
 )
+from fusesnap.labels import validate as validate_labels
 from fusesnap.store.db import Database
 
 
@@ -122,7 +123,11 @@ class MetaStore:
     def commit(
         self, name: str, key: str, labels: Mapping[str, str], parent: str, size: int, inodes: int
     ) -> SnapshotRecord:
-        """Turn active `key` into committed `name`, keeping its id (spec §2.4 order)."""
+        """Turn active `key` into committed `name`, keeping its id.
+
+        Checks in containerd's order (spec §2.4): name taken, key missing, key
+        not active, then label sizes; labels with empty values are not stored.
+        """
         _require_key(name, "name")
         _require_key(key)
         if self.find(name) is not None:
@@ -130,6 +135,7 @@ class MetaStore:
         rec = self.get(key)
         if rec.kind != Kind.ACTIVE:
             raise FailedPrecondition(f"snapshot {key} is not active")
+        validate_labels(labels)
         if parent and parent != rec.parent:
             if rec.parent:
                 raise InvalidArgument(
