@@ -94,8 +94,9 @@ class Snapshotter:
         with self.db.transaction():
             rec = self.meta.find(key)
             view = self.view_of(rec.id) if rec is not None and rec.kind == Kind.ACTIVE else None
-            size, inodes = self.tree.usage(view) if view is not None else (0, 0)
-            rec = self.meta.commit(name, key, lbls, parent, size, inodes)
+            if view is not None:
+                self.tree.flush(view)  # usage includes what open files wrote
+            self.meta.commit(name, key, lbls, parent)
         if view is not None:
             self.tree.seal(view)
 
@@ -131,15 +132,20 @@ class Snapshotter:
         ]
 
     def usage(self, key: str) -> tuple[int, int]:
-        """(bytes, inodes) of the snapshot's own layer, without walking a tree."""
+        """(bytes of file data, objects) of the snapshot's own layer.
+
+        Counters the database keeps up to date (store/db.py triggers): no walk,
+        no scan, the same cost for 10 or 100,000 files. Views report 0 like
+        containerd's reference snapshotters.
+        """
         rec = self.meta.get(key)
-        if rec.kind == Kind.COMMITTED:
-            return rec.size, rec.inodes
         if rec.kind == Kind.VIEW:
             return 0, 0
-        view = self.view_of(rec.id)
-        assert view is not None
-        return self.tree.usage(view)
+        view = self.tree.views.get(rec.id)
+        if view is not None and view.writable:
+            self.tree.flush(view)
+            rec = self.meta.get(key)
+        return rec.size, rec.inodes
 
     def cleanup(self) -> builtins.list[str]:
         """Delete layer directories that no snapshot owns (left by a crash)."""

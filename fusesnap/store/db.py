@@ -82,6 +82,26 @@ CREATE TABLE IF NOT EXISTS xattrs (
     PRIMARY KEY (oid, layer, name)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS xattrs_layer ON xattrs(layer);
+
+-- A snapshot's usage (bytes of file data its layer holds, objects it holds)
+-- follows every change of its rows, so Usage and Commit read two columns
+-- instead of scanning the layer.
+CREATE TRIGGER IF NOT EXISTS inodes_usage_insert AFTER INSERT ON inodes BEGIN
+    UPDATE snapshots SET inodes = inodes + 1,
+        size = size + CASE WHEN NEW.data = NEW.layer THEN NEW.size ELSE 0 END
+    WHERE id = NEW.layer;
+END;
+CREATE TRIGGER IF NOT EXISTS inodes_usage_delete AFTER DELETE ON inodes BEGIN
+    UPDATE snapshots SET inodes = inodes - 1,
+        size = size - CASE WHEN OLD.data = OLD.layer THEN OLD.size ELSE 0 END
+    WHERE id = OLD.layer;
+END;
+CREATE TRIGGER IF NOT EXISTS inodes_usage_update AFTER UPDATE OF size, data ON inodes BEGIN
+    UPDATE snapshots SET size = size
+        - CASE WHEN OLD.data = OLD.layer THEN OLD.size ELSE 0 END
+        + CASE WHEN NEW.data = NEW.layer THEN NEW.size ELSE 0 END
+    WHERE id = NEW.layer;
+END;
 """
 
 
@@ -98,13 +118,9 @@ class Database:
         self._migrate()
 
     def _migrate(self) -> None:
+        # Every statement is IF NOT EXISTS, so the script is safe on every start.
+        self.conn.executescript(_SCHEMA)
         with self.transaction():
-            sql = "\n".join(
-                line for line in _SCHEMA.splitlines() if not line.lstrip().startswith("--")
-            )
-            for statement in sql.split(";"):
-                if statement.strip():
-                    self.conn.execute(statement)
             row = self.one("SELECT value FROM meta WHERE key = 'schema'")
             if row is None:
                 self.execute(

@@ -121,7 +121,7 @@ class MetaStore:
         return rec
 
     def commit(
-        self, name: str, key: str, labels: Mapping[str, str], parent: str, size: int, inodes: int
+        self, name: str, key: str, labels: Mapping[str, str], parent: str
     ) -> SnapshotRecord:
         """Turn active `key` into committed `name`, keeping its id.
 
@@ -146,9 +146,8 @@ class MetaStore:
             )
         now = time.time_ns()
         self.db.execute(
-            "UPDATE snapshots SET key = ?, kind = ?, created_ns = ?, updated_ns = ?, size = ?,"
-            " inodes = ? WHERE id = ?",
-            (name, int(Kind.COMMITTED), now, now, size, inodes, rec.id),
+            "UPDATE snapshots SET key = ?, kind = ?, created_ns = ?, updated_ns = ? WHERE id = ?",
+            (name, int(Kind.COMMITTED), now, now, rec.id),
         )
         self.db.execute("DELETE FROM snapshot_labels WHERE snapshot = ?", (rec.id,))
         self._set_labels(rec.id, labels)
