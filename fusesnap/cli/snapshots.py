@@ -1,9 +1,293 @@
-"""`fusesnap snapshots …` (placeholder until the client commands land)."""
+"""`fusesnap snapshots …`: the Snapshots API from the shell, in the style of
+`ctr snapshots` (spec §2).
+
+    fusesnap snapshots prepare KEY [PARENT]     prints the new snapshot's directory
+    fusesnap snapshots view KEY PARENT          prints the read-only view's directory
+    fusesnap snapshots mounts KEY
+    fusesnap snapshots commit NAME KEY
+    fusesnap snapshots rm KEY…
+    fusesnap snapshots ls [FILTER…]
+    fusesnap snapshots info KEY                 always JSON, like ctr
+    fusesnap snapshots usage [KEY]
+    fusesnap snapshots label KEY k=v…           `k=` removes label k
+    fusesnap snapshots tree
+
+JSON shapes (``--json``): an Info is ``{"name", "parent", "kind", "labels",
+"created_at", "updated_at"}`` with kind ``active``/``committed``/``view`` (the
+filter spelling) and RFC 3339 UTC times; a mount is ``{"type", "source",
+"target", "options"}``; usage is ``{"key", "size", "inodes"}`` (sizes in bytes);
+a tree node is ``{"name", "kind", "children"}``.
+"""
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import grpc
+
+from fusesnap.cli import add_socket_option, client
+from fusesnap.pb import mount_pb2
+from fusesnap.pb import snapshots_pb2 as spb
+from fusesnap.pb.snapshots_pb2_grpc import SnapshotsStub
+
+SNAPSHOTTER = "fusesnap"
+
+Handler = Callable[[argparse.Namespace, SnapshotsStub], int | None]
+
+
+# ---------------------------------------------------------------------- conversions
+
+
+def kind_name(kind: int) -> str:
+    """``active``, ``committed``, ``view`` or ``unknown`` (filter and JSON spelling)."""
+    try:
+        return str(spb.Kind.Name(kind)).lower()
+    except ValueError:
+        return "unknown"
+
+
+def info_json(info: spb.Info) -> dict[str, Any]:
+    return {
+        "name": info.name,
+        "parent": info.parent,
+        "kind": kind_name(info.kind),
+        "labels": dict(info.labels),
+        "created_at": client.rfc3339(info.created_at),
+        "updated_at": client.rfc3339(info.updated_at),
+    }
+
+
+def mount_json(mount: mount_pb2.Mount) -> dict[str, Any]:
+    return {"type": mount.type, "source": mount.source, "target": mount.target,
+            "options": list(mount.options)}
+
+
+def mount_text(mount: mount_pb2.Mount) -> str:
+    return f"{mount.type} {mount.source} {','.join(mount.options)}".rstrip()
+
+
+def directory(key: str, mounts: Iterable[mount_pb2.Mount]) -> str:
+    """The snapshot's directory: the source of its (bind) mount."""
+    for mount in mounts:
+        if mount.source:
+            return mount.source
+    raise client.CommandError(f"the daemon returned no mount for {key}")
+
+
+def list_all(stub: SnapshotsStub, filters: Iterable[str] = ()) -> list[spb.Info]:
+    infos: list[spb.Info] = []
+    for batch in stub.List(spb.ListSnapshotsRequest(snapshotter=SNAPSHOTTER,
+                                                    filters=list(filters))):
+        infos.extend(batch.info)
+    return infos
+
+
+# ---------------------------------------------------------------------- commands
+
+
+def _created(args: argparse.Namespace, key: str,
+             mounts: Iterable[mount_pb2.Mount]) -> None:
+    path = directory(key, mounts)
+    if args.json:
+        client.print_json({"key": key, "path": path,
+                           "mounts": [mount_json(m) for m in mounts]})
+    else:
+        print(path)
+
+
+def _prepare(args: argparse.Namespace, stub: SnapshotsStub) -> None:
+    resp = stub.Prepare(spb.PrepareSnapshotRequest(
+        snapshotter=SNAPSHOTTER, key=args.key, parent=args.parent or "",
+        labels=client.labels_of(args.label)))
+    _created(args, args.key, resp.mounts)
+
+
+def _view(args: argparse.Namespace, stub: SnapshotsStub) -> None:
+    resp = stub.View(spb.ViewSnapshotRequest(
+        snapshotter=SNAPSHOTTER, key=args.key, parent=args.parent))
+    _created(args, args.key, resp.mounts)
+
+
+def _mounts(args: argparse.Namespace, stub: SnapshotsStub) -> None:
+    resp = stub.Mounts(spb.MountsRequest(snapshotter=SNAPSHOTTER, key=args.key))
+    if args.json:
+        client.print_json([mount_json(m) for m in resp.mounts])
+    else:
+        for mount in resp.mounts:
+            print(mount_text(mount))
+
+
+def _commit(args: argparse.Namespace, stub: SnapshotsStub) -> None:
+    stub.Commit(spb.CommitSnapshotRequest(
+        snapshotter=SNAPSHOTTER, name=args.name, key=args.key,
+        labels=client.labels_of(args.label)))
+
+
+def _rm(args: argparse.Namespace, stub: SnapshotsStub) -> None:
+    for key in args.keys:
+        try:
+            stub.Remove(spb.RemoveSnapshotRequest(snapshotter=SNAPSHOTTER, key=key))
+        except grpc.RpcError as err:
+            if client.is_connect_failure(err):
+                raise
+            raise client.CommandError(f"rm {key}: {client.describe(err)}") from err
+
+
+def _ls(args: argparse.Namespace, stub: SnapshotsStub) -> None:
+    infos = list_all(stub, args.filters)
+    if args.json:
+        client.print_json([info_json(i) for i in infos])
+    else:
+        client.print_table(["key", "parent", "kind"],
+                           [(i.name, i.parent, kind_name(i.kind).capitalize())
+                            for i in infos])
+
+
+def _info(args: argparse.Namespace, stub: SnapshotsStub) -> None:
+    resp = stub.Stat(spb.StatSnapshotRequest(snapshotter=SNAPSHOTTER, key=args.key))
+    client.print_json(info_json(resp.info))
+
+
+def _usage(args: argparse.Namespace, stub: SnapshotsStub) -> None:
+    def usage(key: str) -> dict[str, Any]:
+        resp = stub.Usage(spb.UsageRequest(snapshotter=SNAPSHOTTER, key=key))
+        return {"key": key, "size": resp.size, "inodes": resp.inodes}
+
+    if args.key is not None:
+        rows = [usage(args.key)]
+    else:
+        rows = []
+        for info in list_all(stub):
+            try:
+                rows.append(usage(info.name))
+            except grpc.RpcError as err:
+                # Removed between List and Usage: it is simply gone.
+                if not (isinstance(err, grpc.Call)
+                        and err.code() == grpc.StatusCode.NOT_FOUND):
+                    raise
+    if args.json:
+        client.print_json(rows[0] if args.key is not None else rows)
+    else:
+        client.print_table(["key", "size", "inodes"],
+                           [(r["key"], client.human_size(r["size"]), r["inodes"])
+                            for r in rows])
+
+
+def _label(args: argparse.Namespace, stub: SnapshotsStub) -> None:
+    wanted = client.labels_of(args.labels)
+    resp = stub.Update(spb.UpdateSnapshotRequest(
+        snapshotter=SNAPSHOTTER,
+        info=spb.Info(name=args.key, labels={k: v for k, v in wanted.items() if v}),
+        update_mask={"paths": [f"labels.{k}" for k in wanted]}))
+    if args.json:
+        client.print_json(dict(resp.info.labels))
+    else:
+        client.print_labels(resp.info.labels)
+
+
+def forest(infos: Iterable[spb.Info]) -> list[dict[str, Any]]:
+    """Parent→child trees of `infos`, roots (and orphans) first, names sorted."""
+    by_name = {i.name: i for i in infos}
+    children: dict[str, list[str]] = {}
+    roots: list[str] = []
+    for info in by_name.values():
+        if info.parent and info.parent in by_name and info.parent != info.name:
+            children.setdefault(info.parent, []).append(info.name)
+        else:
+            roots.append(info.name)
+
+    def node(name: str, seen: frozenset[str]) -> dict[str, Any]:
+        kids = [node(c, seen | {c}) for c in sorted(children.get(name, ())) if c not in seen]
+        return {"name": name, "kind": kind_name(by_name[name].kind), "children": kids}
+
+    return [node(r, frozenset({r})) for r in sorted(roots)]
+
+
+def tree_lines(nodes: Iterable[dict[str, Any]], depth: int = 0) -> Iterable[str]:
+    for n in nodes:
+        yield "  " * depth + n["name"]
+        yield from tree_lines(n["children"], depth + 1)
+
+
+def _tree(args: argparse.Namespace, stub: SnapshotsStub) -> None:
+    trees = forest(list_all(stub))
+    if args.json:
+        client.print_json(trees)
+    else:
+        for line in tree_lines(trees):
+            print(line)
+
+
+# ---------------------------------------------------------------------- parser
+
+
+def _command(fn: Handler) -> Callable[[argparse.Namespace], int]:
+    def call(args: argparse.Namespace) -> int:
+        return client.run(args, lambda channel: fn(args, SnapshotsStub(channel)))
+    return call
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    return None
+    group = sub.add_parser("snapshots", aliases=["snapshot"],
+                           help="manage snapshots (like `ctr snapshots`)",
+                           description="Snapshots of the fusesnap daemon.")
+    add_socket_option(group)
+    cmds = group.add_subparsers(dest="snapshots_command", metavar="COMMAND")
+    cmds.required = True
+
+    def command(name: str, fn: Handler, help: str, *, aliases: list[str] | None = None,
+                json: bool = False) -> argparse.ArgumentParser:
+        p = cmds.add_parser(name, aliases=aliases or [], help=help, description=help)
+        add_socket_option(p)
+        if json:
+            client.add_json_option(p)
+        p.set_defaults(func=_command(fn))
+        return p
+
+    def label_option(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--label", action="append", type=client.label_arg, default=[],
+                       metavar="KEY=VALUE", help="label to set (repeatable)")
+
+    p = command("prepare", _prepare, "create an active snapshot and print its directory",
+                json=True)
+    p.add_argument("key", metavar="KEY")
+    p.add_argument("parent", metavar="PARENT", nargs="?", default="",
+                   help="committed parent (default: empty)")
+    label_option(p)
+
+    p = command("view", _view, "create a read-only view of PARENT and print its directory",
+                json=True)
+    p.add_argument("key", metavar="KEY")
+    p.add_argument("parent", metavar="PARENT")
+
+    p = command("mounts", _mounts, "print the mounts of an active snapshot or view",
+                json=True)
+    p.add_argument("key", metavar="KEY")
+
+    p = command("commit", _commit, "commit active snapshot KEY as NAME")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("key", metavar="KEY")
+    label_option(p)
+
+    p = command("rm", _rm, "remove snapshots, stopping at the first failure",
+                aliases=["remove"])
+    p.add_argument("keys", metavar="KEY", nargs="+")
+
+    p = command("ls", _ls, "list snapshots (filters are OR-ed, e.g. kind==active)",
+                aliases=["list"], json=True)
+    p.add_argument("filters", metavar="FILTER", nargs="*")
+
+    p = command("info", _info, "print a snapshot's info as JSON")
+    p.add_argument("key", metavar="KEY")
+
+    p = command("usage", _usage, "print the disk usage of one or all snapshots", json=True)
+    p.add_argument("key", metavar="KEY", nargs="?", default=None)
+
+    p = command("label", _label, "set labels (KEY= removes one) and print the result",
+                json=True)
+    p.add_argument("key", metavar="KEY")
+    p.add_argument("labels", metavar="KEY=VALUE", nargs="+", type=client.label_arg)
+
+    command("tree", _tree, "print snapshots as a parent/child tree", json=True)
