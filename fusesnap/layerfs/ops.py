@@ -20,13 +20,14 @@ from typing import Any, TypeVar
 
 import pyfuse3
 
-from fusesnap.layerfs.tree import ROOT_OID, Attr, LayerTree, OpenFile, View
+from fusesnap.layerfs.tree import NAME_MAX, ROOT_OID, Attr, LayerTree, OpenFile, View
 from fusesnap.snapshots.snapshotter import Snapshotter
 
 log = logging.getLogger(__name__)
 
 OID_BITS = 36
 OID_MASK = (1 << OID_BITS) - 1
+RENAME_WHITEOUT = 4  # linux/fs.h; pyfuse3 does not export it
 # Every change to a snapshot passes through this mount, so the kernel may keep
 # what it learned; changes made behind its back invalidate explicitly.
 CACHE_TIMEOUT = 3600.0
@@ -53,7 +54,9 @@ class LayerFS(pyfuse3.Operations):
         self.gid = os.getgid()
         self.started_ns = time.time_ns()
         self._files: dict[int, OpenFile] = {}
-        self._dirs: dict[int, list[tuple[bytes, int, Attr]]] = {}
+        # Open directories: (view, directory oid, entries at opendir); None, 0 for
+        # the mount's root.
+        self._dirs: dict[int, tuple[View | None, int, list[tuple[bytes, int, Attr]]]] = {}
         self._next_fh = 1
         snapshotter.on_removed.append(self._forget_snapshot)
 
@@ -78,7 +81,7 @@ class LayerFS(pyfuse3.Operations):
         e.st_rdev = a.rdev
         e.st_size = a.size
         e.st_blksize = 4096
-        e.st_blocks = (a.size + 511) // 512
+        e.st_blocks = self.tree.blocks(a) if a.data is not None else 0
         e.st_atime_ns = a.atime_ns
         e.st_mtime_ns = a.mtime_ns
         e.st_ctime_ns = a.ctime_ns
@@ -115,7 +118,8 @@ class LayerFS(pyfuse3.Operations):
 
     # ----------------------------------------------------------------- lookups
 
-    async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None) -> pyfuse3.EntryAttributes:
+    async def lookup(self, parent_inode: int, name: bytes,
+                     ctx: Any = None) -> pyfuse3.EntryAttributes:
         if parent_inode == pyfuse3.ROOT_INODE:
             if not name.isdigit():
                 raise pyfuse3.FUSEError(errno.ENOENT)
@@ -123,6 +127,8 @@ class LayerFS(pyfuse3.Operations):
             if view is None:
                 raise pyfuse3.FUSEError(errno.ENOENT)
             return self._entry(view, self._call(self.tree.attr, view, ROOT_OID))
+        if len(name) > NAME_MAX:
+            raise pyfuse3.FUSEError(errno.ENAMETOOLONG)
         view, oid = self._view(parent_inode)
         return self._entry(view, self._call(self.tree.lookup, view, oid, name))
 
@@ -136,19 +142,19 @@ class LayerFS(pyfuse3.Operations):
         return self._entry(view, self._call(self.tree.attr, view, oid))
 
     async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes,
-                      fields: pyfuse3.SetattrFields, fh: int | None, ctx: Any) -> pyfuse3.EntryAttributes:
+                      fields: pyfuse3.SetattrFields, fh: int | None,
+                      ctx: Any) -> pyfuse3.EntryAttributes:
         if inode == pyfuse3.ROOT_INODE:
             raise pyfuse3.FUSEError(errno.EPERM)
         view, oid = self._view(inode)
-        now = time.time_ns()
         a = self._call(
             self.tree.setattr, view, oid,
             mode=attr.st_mode if fields.update_mode else None,
             uid=attr.st_uid if fields.update_uid else None,
             gid=attr.st_gid if fields.update_gid else None,
             size=attr.st_size if fields.update_size else None,
-            atime_ns=(attr.st_atime_ns or now) if fields.update_atime else None,
-            mtime_ns=(attr.st_mtime_ns or now) if fields.update_mtime else None,
+            atime_ns=attr.st_atime_ns if fields.update_atime else None,
+            mtime_ns=attr.st_mtime_ns if fields.update_mtime else None,
         )
         return self._entry(view, a)
 
@@ -162,6 +168,8 @@ class LayerFS(pyfuse3.Operations):
     # ----------------------------------------------------------------- directories
 
     async def opendir(self, inode: int, ctx: Any) -> int:
+        dir_view: View | None = None
+        oid = 0
         if inode == pyfuse3.ROOT_INODE:
             entries = []
             for sid in self.snapshotter.snapshot_ids():
@@ -170,23 +178,32 @@ class LayerFS(pyfuse3.Operations):
                     a = self._call(self.tree.attr, view, ROOT_OID)
                     entries.append((str(sid).encode(), sid, a))
         else:
-            view, oid = self._view(inode)
-            a = self._call(self.tree.attr, view, oid)
+            dir_view, oid = self._view(inode)
+            a = self._call(self.tree.attr, dir_view, oid)
             if not a.is_dir:
                 raise pyfuse3.FUSEError(errno.ENOTDIR)
-            entries = [(n, view.sid, x) for n, x in self._call(self.tree.listdir, view, oid)]
+            entries = [(n, dir_view.sid, x)
+                       for n, x in self._call(self.tree.listdir, dir_view, oid)]
         fh = self._next_fh
         self._next_fh += 1
-        self._dirs[fh] = entries
+        self._dirs[fh] = (dir_view, oid, entries)
         return fh
 
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
-        entries = self._dirs[fh]
+        dir_view, dir_oid, entries = self._dirs[fh]
+        find = self.tree.find
         for i in range(start_id, len(entries)):
             name, sid, a = entries[i]
-            view = self.tree.views.get(sid)
-            if view is None:
-                continue
+            if dir_view is None:
+                view = self.tree.views.get(sid)
+                if view is None:
+                    continue
+            else:
+                # readdirplus makes the kernel cache each entry it is given:
+                # skip names removed or replaced since opendir.
+                view = dir_view
+                if find(view, dir_oid, name) != a.oid:
+                    continue
             if not pyfuse3.readdir_reply(token, name, self._entry(view, a), i + 1):
                 break
 
@@ -196,7 +213,8 @@ class LayerFS(pyfuse3.Operations):
     async def fsyncdir(self, fh: int, datasync: bool) -> None:
         return None
 
-    async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+    async def mkdir(self, parent_inode: int, name: bytes, mode: int,
+                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         return await self._make(parent_inode, name, stat.S_IFDIR | stat.S_IMODE(mode), ctx)
 
     async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int,
@@ -231,13 +249,16 @@ class LayerFS(pyfuse3.Operations):
                      name_new: bytes, flags: int, ctx: Any) -> None:
         if pyfuse3.ROOT_INODE in (parent_inode_old, parent_inode_new):
             raise pyfuse3.FUSEError(errno.EPERM)
+        if flags & ~(pyfuse3.RENAME_EXCHANGE | pyfuse3.RENAME_NOREPLACE | RENAME_WHITEOUT):
+            raise pyfuse3.FUSEError(errno.EINVAL)
         view, old = self._view(parent_inode_old)
         view_new, new = self._view(parent_inode_new)
         if view is not view_new:
             raise pyfuse3.FUSEError(errno.EXDEV)  # two snapshots, not two layers
         self._call(self.tree.rename, view, old, name_old, new, name_new,
                    exchange=bool(flags & pyfuse3.RENAME_EXCHANGE),
-                   noreplace=bool(flags & pyfuse3.RENAME_NOREPLACE))
+                   noreplace=bool(flags & pyfuse3.RENAME_NOREPLACE),
+                   whiteout=(ctx.uid, ctx.gid) if flags & RENAME_WHITEOUT else None)
 
     async def link(self, inode: int, new_parent_inode: int, new_name: bytes,
                    ctx: Any) -> pyfuse3.EntryAttributes:
@@ -262,7 +283,8 @@ class LayerFS(pyfuse3.Operations):
         return self._new_handle(self._call(self.tree.open, view, oid, flags))
 
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
-                     ctx: pyfuse3.RequestContext) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+                     ctx: pyfuse3.RequestContext
+                     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         if parent_inode == pyfuse3.ROOT_INODE:
             raise pyfuse3.FUSEError(errno.EPERM)
         view, parent = self._view(parent_inode)
@@ -323,7 +345,8 @@ class LayerFS(pyfuse3.Operations):
         try:
             self.tree.remove_xattr(view, oid, name)
         except OSError as e:
-            raise pyfuse3.FUSEError(pyfuse3.ENOATTR if e.errno == errno.ENODATA else e.errno) from None
+            code = pyfuse3.ENOATTR if e.errno == errno.ENODATA else e.errno or errno.EIO
+            raise pyfuse3.FUSEError(code) from None
 
     async def statfs(self, ctx: Any) -> pyfuse3.StatvfsData:
         st = os.statvfs(self.tree.layers_dir)

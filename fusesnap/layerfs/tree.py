@@ -39,9 +39,21 @@ from fusesnap.store.db import Database
 
 ROOT_OID = 1
 WHITEOUT = 0
+NAME_MAX = 255
+_CLOCK_REALTIME_COARSE = getattr(time, "CLOCK_REALTIME_COARSE", 5)  # linux/time.h
 _FICLONE = 0x40049409  # linux/fs.h: share blocks where the backing filesystem can
 
-_INODE_COLUMNS = "oid, layer, mode, uid, gid, rdev, nlink, size, atime_ns, mtime_ns, ctime_ns, target, data"
+_INODE_COLUMNS = (
+    "oid, layer, mode, uid, gid, rdev, nlink, size, atime_ns, mtime_ns, ctime_ns, target, data"
+)
+_INSERT_INODE = f"INSERT INTO inodes ({_INODE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
+_UPSERT_INODE = _INSERT_INODE.replace("INSERT", "INSERT OR REPLACE", 1)
+
+
+def now_ns() -> int:
+    """The time for timestamps: the clock the kernel stamps with (current_time()
+    reads the coarse clock), so a `touch` after a write is never older than it."""
+    return time.clock_gettime_ns(_CLOCK_REALTIME_COARSE)
 
 
 def fs_error(code: int, what: str = "") -> OSError:
@@ -53,13 +65,15 @@ class Attr:
 
     __slots__ = (
         "oid", "layer", "mode", "uid", "gid", "rdev", "nlink", "size",
-        "atime_ns", "mtime_ns", "ctime_ns", "target", "data", "xattrs",
+        "atime_ns", "mtime_ns", "ctime_ns", "target", "data", "xattrs", "blocks",
     )
 
     def __init__(self, row: tuple) -> None:
         (self.oid, self.layer, self.mode, self.uid, self.gid, self.rdev, self.nlink, self.size,
          self.atime_ns, self.mtime_ns, self.ctime_ns, self.target, self.data) = row
         self.xattrs: dict[bytes, bytes] | None = None
+        # 512-byte blocks the backing file holds (holes excluded); None = unknown.
+        self.blocks: int | None = None
 
     def row(self) -> tuple:
         return (self.oid, self.layer, self.mode, self.uid, self.gid, self.rdev, self.nlink,
@@ -126,7 +140,7 @@ class LayerTree:
         and gets the root directory object. Runs inside the caller's transaction."""
         (self.layers_dir / str(sid)).mkdir(exist_ok=True)
         if root_owner is not None:
-            now = time.time_ns()
+            now = now_ns()
             self.db.execute(
                 f"INSERT INTO inodes ({_INODE_COLUMNS}) VALUES (?,?,?,?,?,0,2,0,?,?,?,NULL,NULL)",
                 (ROOT_OID, sid, stat.S_IFDIR | 0o755, root_owner[0], root_owner[1], now, now, now),
@@ -147,8 +161,18 @@ class LayerTree:
         return view
 
     def seal(self, view: View) -> None:
-        """Make `view` read-only (Commit): flush what open files wrote."""
+        """Make `view` read-only (Commit): record what open files wrote, and drop
+        objects whose last name went while open, so the layer never changes
+        after (their descriptors keep working on the unlinked backing file)."""
         self.flush(view)
+        doomed: list[str] = []
+        with self.db.transaction():
+            for (sid, _), handles in self._open.items():
+                a = handles[0].attr if sid == view.top and handles else None
+                if a is not None and a.nlink == 0 and a.layer == view.top:
+                    self._purge(view, a, doomed)
+                    view.attrs[a.oid] = a  # fstat of those descriptors still works
+        self._unlink_files(doomed)
         view.writable = False
 
     def forget_view(self, view: View) -> None:
@@ -284,6 +308,18 @@ class LayerTree:
             for oid, (_, row) in best.items():
                 view.attrs[oid] = Attr(row)
 
+    def blocks(self, a: Attr) -> int:
+        """512-byte blocks of file data (a sparse file's holes take none)."""
+        if a.blocks is None:
+            if a.data is None:
+                a.blocks = 0
+            else:
+                try:
+                    a.blocks = os.stat(self.data_path(a.data, a.oid)).st_blocks
+                except FileNotFoundError:
+                    return (a.size + 511) // 512
+        return a.blocks
+
     def is_empty_dir(self, view: View, dir_oid: int) -> bool:
         return not self.listdir(view, dir_oid)
 
@@ -310,10 +346,7 @@ class LayerTree:
         if a.layer != view.top:
             self.xattrs(view, a)
             a.layer = view.top
-            self.db.execute(
-                f"INSERT OR REPLACE INTO inodes ({_INODE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                a.row(),
-            )
+            self.db.execute(_UPSERT_INODE, a.row())
             assert a.xattrs is not None
             self.db.executemany(
                 "INSERT INTO xattrs (oid, layer, name, value) VALUES (?,?,?,?)",
@@ -400,37 +433,43 @@ class LayerTree:
     ) -> Attr:
         """Create a file, directory, symlink, fifo, socket or device node."""
         self._writable(view)
+        _check_name(name)
         d = self._dir(view, dir_oid)
         if self.find(view, dir_oid, name):
             raise fs_error(errno.EEXIST)
-        if d.mode & stat.S_ISGID:
-            gid = d.gid
-            if stat.S_ISDIR(mode):
-                mode |= stat.S_ISGID
-        oid = self._new_oid()
-        now = time.time_ns()
-        is_dir = stat.S_ISDIR(mode)
         is_reg = stat.S_ISREG(mode)
-        a = Attr((oid, view.top, mode, uid, gid, rdev, 2 if is_dir else 1,
-                  len(target) if target is not None else 0, now, now, now, target,
-                  view.top if is_reg else None))
-        a.xattrs = {}
+        oid = self._new_oid()
         if is_reg:
             os.close(os.open(self.data_path(view.top, oid),
                              os.O_CREAT | os.O_TRUNC | os.O_WRONLY, 0o600))
         try:
             with self.db.transaction():
-                self.db.execute(
-                    f"INSERT INTO inodes ({_INODE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                    a.row(),
-                )
-                self._set_entry(view, dir_oid, name, oid)
-                self._touch_dir(view, d, now, 1 if is_dir else 0)
+                return self._insert(view, d, name, oid, mode, uid, gid, rdev, target,
+                                    now_ns())
         except BaseException:
             view.entries.pop((dir_oid, name), None)
+            view.attrs.pop(oid, None)
             if is_reg:
                 self._unlink_files([self.data_path(view.top, oid)])
             raise
+
+    def _insert(self, view: View, d: Attr, name: bytes, oid: int, mode: int, uid: int,
+                gid: int, rdev: int, target: bytes | None, now: int) -> Attr:
+        """Record new object `oid` as `name` in directory `d` (inside the caller's
+        transaction); a setgid directory passes on its group, and its bit to
+        subdirectories."""
+        if d.mode & stat.S_ISGID:
+            gid = d.gid
+            if stat.S_ISDIR(mode):
+                mode |= stat.S_ISGID
+        is_dir = stat.S_ISDIR(mode)
+        a = Attr((oid, view.top, mode, uid, gid, rdev, 2 if is_dir else 1,
+                  len(target) if target is not None else 0, now, now, now, target,
+                  view.top if stat.S_ISREG(mode) else None))
+        a.xattrs = {}
+        self.db.execute(_INSERT_INODE, a.row())
+        self._set_entry(view, d.oid, name, oid)
+        self._touch_dir(view, d, now, 1 if is_dir else 0)
         view.attrs[oid] = a
         return a
 
@@ -439,10 +478,11 @@ class LayerTree:
         a = self.attr(view, oid)
         if a.is_dir:
             raise fs_error(errno.EPERM)
+        _check_name(name)
         d = self._dir(view, dir_oid)
         if self.find(view, dir_oid, name):
             raise fs_error(errno.EEXIST)
-        now = time.time_ns()
+        now = now_ns()
         with self.db.transaction():
             self._set_entry(view, dir_oid, name, oid)
             self._own(view, a)
@@ -459,7 +499,7 @@ class LayerTree:
         if a.is_dir:
             raise fs_error(errno.EISDIR)
         doomed: list[str] = []
-        now = time.time_ns()
+        now = now_ns()
         with self.db.transaction():
             self._clear_entry(view, dir_oid, name)
             self._drop_link(view, a, now, doomed)
@@ -474,7 +514,7 @@ class LayerTree:
             raise fs_error(errno.ENOTDIR)
         if not self.is_empty_dir(view, a.oid):
             raise fs_error(errno.ENOTEMPTY)
-        now = time.time_ns()
+        now = now_ns()
         doomed: list[str] = []
         with self.db.transaction():
             self._clear_entry(view, dir_oid, name)
@@ -494,8 +534,13 @@ class LayerTree:
     def rename(
         self, view: View, old_dir: int, old_name: bytes, new_dir: int, new_name: bytes,
         exchange: bool = False, noreplace: bool = False,
+        whiteout: tuple[int, int] | None = None,
     ) -> None:
+        """Move an entry (never EXDEV). `exchange` swaps two entries; with
+        `whiteout` = (uid, gid) the old name becomes a whiteout device (0/0)
+        owned by them, as RENAME_WHITEOUT asks."""
         self._writable(view)
+        _check_name(new_name)
         od = self._dir(view, old_dir)
         nd = self._dir(view, new_dir)
         a = self.lookup(view, old_dir, old_name)
@@ -514,7 +559,7 @@ class LayerTree:
                 raise fs_error(errno.EISDIR)
             if t.is_dir and not self.is_empty_dir(view, t.oid):
                 raise fs_error(errno.ENOTEMPTY)
-        now = time.time_ns()
+        now = now_ns()
         doomed: list[str] = []
         with self.db.transaction():
             if exchange:
@@ -544,6 +589,9 @@ class LayerTree:
                 self._own(view, a)
                 a.ctime_ns = now
                 self._save(a)
+                if whiteout is not None:
+                    self._insert(view, od, old_name, self._new_oid(), stat.S_IFCHR,
+                                 whiteout[0], whiteout[1], 0, None, now)
             self._touch_dir(view, od, now)
             if new_dir != old_dir:
                 self._touch_dir(view, nd, now)
@@ -558,7 +606,7 @@ class LayerTree:
     ) -> Attr:
         self._writable(view)
         a = self.attr(view, oid)
-        now = time.time_ns()
+        now = now_ns()
         if size is not None:
             if a.is_dir:
                 raise fs_error(errno.EISDIR)
@@ -567,9 +615,10 @@ class LayerTree:
         with self.db.transaction():
             self._own(view, a)
             if size is not None:
-                self._own_data(view, a)
+                self._own_data(view, a, keep=size > 0)
                 os.truncate(self.data_path(a.data, a.oid), size)
                 a.size = size
+                a.blocks = None
                 a.mtime_ns = now
                 self._dirty.pop((view.top, a.oid), None)
             if mode is not None:
@@ -601,7 +650,7 @@ class LayerTree:
                 "INSERT OR REPLACE INTO xattrs (oid, layer, name, value) VALUES (?,?,?,?)",
                 (a.oid, a.layer, name, value),
             )
-            a.ctime_ns = time.time_ns()
+            a.ctime_ns = now_ns()
             self._save(a)
         assert a.xattrs is not None
         a.xattrs[name] = value
@@ -617,21 +666,27 @@ class LayerTree:
                 "DELETE FROM xattrs WHERE oid = ? AND layer = ? AND name = ?",
                 (a.oid, a.layer, name),
             )
-            a.ctime_ns = time.time_ns()
+            a.ctime_ns = now_ns()
             self._save(a)
         assert a.xattrs is not None
         del a.xattrs[name]
 
     # ----------------------------------------------------------------- file data
 
-    def _own_data(self, view: View, a: Attr) -> None:
-        """Copy the bytes of `a` into the top layer (inside the caller's transaction)."""
-        if a.data == view.top:
-            return
-        src = self.data_path(a.data, a.oid)
+    def _own_data(self, view: View, a: Attr, keep: bool = True) -> None:
+        """Give the top layer the bytes of `a` (inside the caller's transaction):
+        a copy of the lower ones, or with `keep` false an empty file."""
         dst = self.data_path(view.top, a.oid)
-        copy_file(src, dst)
+        if a.data == view.top:
+            if not keep:
+                os.truncate(dst, 0)
+            return
+        if keep:
+            copy_file(self.data_path(a.data, a.oid), dst)
+        else:
+            os.close(os.open(dst, os.O_CREAT | os.O_TRUNC | os.O_WRONLY, 0o600))
         a.data = view.top
+        a.blocks = None
         self._save(a)
         # Descriptors opened before the copy must see the new bytes too.
         for of in self._open.get((view.top, a.oid), ()):
@@ -643,22 +698,23 @@ class LayerTree:
         a = self.attr(view, oid)
         if not stat.S_ISREG(a.mode):
             raise fs_error(errno.EINVAL)
-        writable = (flags & os.O_ACCMODE) != os.O_RDONLY or bool(flags & os.O_TRUNC)
+        trunc = bool(flags & os.O_TRUNC)
+        writable = (flags & os.O_ACCMODE) != os.O_RDONLY or trunc
         if writable:
             self._writable(view)
-            if a.data != view.top or a.layer != view.top:
+            if trunc or a.data != view.top or a.layer != view.top:
                 with self.db.transaction():
                     self._own(view, a)
-                    self._own_data(view, a)
+                    # Truncating needs no copy of the lower bytes.
+                    self._own_data(view, a, keep=not trunc)
+                    if trunc:
+                        a.size = a.blocks = 0
+                        a.mtime_ns = a.ctime_ns = now_ns()
+                        self._dirty.pop((view.top, a.oid), None)
+                        self._save(a)
         fd = os.open(self.data_path(a.data, a.oid), os.O_RDWR if writable else os.O_RDONLY)
         of = OpenFile(fd, view, a, writable)
         self._open.setdefault((view.top, oid), []).append(of)
-        if flags & os.O_TRUNC and a.size:
-            os.ftruncate(fd, 0)
-            a.size = 0
-            a.mtime_ns = a.ctime_ns = time.time_ns()
-            with self.db.transaction():
-                self._save(a)
         return of
 
     def write(self, of: OpenFile, offset: int, data: bytes) -> int:
@@ -668,7 +724,8 @@ class LayerTree:
         a = of.attr
         if offset + n > a.size:
             a.size = offset + n
-        a.mtime_ns = a.ctime_ns = time.time_ns()
+        a.blocks = None
+        a.mtime_ns = a.ctime_ns = now_ns()
         self._dirty[(of.view.top, a.oid)] = (of.view, a)
         return n
 
@@ -690,7 +747,7 @@ class LayerTree:
         if not of.view.alive:
             return
         a = of.attr
-        if not handles and a.nlink == 0 and a.layer == of.view.top:
+        if not handles and a.nlink == 0 and a.layer == of.view.top and of.view.writable:
             doomed: list[str] = []
             with self.db.transaction():
                 self._purge(of.view, a, doomed)
@@ -714,6 +771,11 @@ class LayerTree:
             for key, (_, a) in items:
                 del self._dirty[key]
                 self._save(a)
+
+
+def _check_name(name: bytes) -> None:
+    if len(name) > NAME_MAX:
+        raise fs_error(errno.ENAMETOOLONG)
 
 
 def copy_file(src: str, dst: str) -> None:
