@@ -185,16 +185,6 @@ class LayerTree:
         for key in [k for k in self._dirty if k[0] == view.sid]:
             del self._dirty[key]
 
-    def usage(self, view: View) -> tuple[int, int]:
-        """(bytes of file data, objects) held by the view's own layer."""
-        self.flush(view)
-        row = self.db.one(
-            "SELECT COALESCE(SUM(CASE WHEN data = layer THEN size ELSE 0 END), 0), COUNT(*)"
-            " FROM inodes WHERE layer = ?",
-            (view.top,),
-        )
-        return int(row[0]), int(row[1])
-
     def recover_layer(self, sid: int) -> None:
         """After an unclean stop: take file sizes from the backing files (writes
         are recorded lazily), drop objects whose last link went while open, and
