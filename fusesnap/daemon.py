@@ -18,6 +18,7 @@ import trio
 from fusesnap.api.server import make_server
 from fusesnap.bridge import TrioBridge
 from fusesnap.config import Config
+from fusesnap.content.store import ContentStore
 from fusesnap.layerfs.ops import LayerFS
 from fusesnap.layerfs.tree import LayerTree
 from fusesnap.snapshots.snapshotter import Snapshotter
@@ -109,6 +110,8 @@ async def serve(config: Config) -> None:
         tree = LayerTree(db, config.root / "layers")
         snapshotter = Snapshotter(db, tree, config.mountpoint, (os.getuid(), os.getgid()))
         snapshotter.recover()
+        content = ContentStore(db, config.root / "content")
+        content.recover()
         prepare_mountpoint(config.mountpoint)
         prepare_socket(config.socket)
         options = mount_options()
@@ -117,7 +120,7 @@ async def serve(config: Config) -> None:
         pyfuse3.init(LayerFS(snapshotter), str(config.mountpoint), options)
         try:
             bridge = TrioBridge(trio.lowlevel.current_trio_token())
-            server = make_server(bridge, snapshotter, config.socket)
+            server = make_server(bridge, snapshotter, content, config.socket)
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(pyfuse3.main)

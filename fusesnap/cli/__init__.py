@@ -53,9 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="FUSE mountpoint (env FUSESNAP_MOUNTPOINT; default ROOT/mnt)")
     serve.set_defaults(func=_serve)
 
-    from fusesnap.cli import snapshots
+    from fusesnap.cli import content, snapshots
 
     snapshots.register(sub)
+    content.register(sub)
     return parser
 
 

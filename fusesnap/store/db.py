@@ -102,6 +102,31 @@ CREATE TRIGGER IF NOT EXISTS inodes_usage_update AFTER UPDATE OF size, data ON i
         + CASE WHEN NEW.data = NEW.layer THEN NEW.size ELSE 0 END
     WHERE id = NEW.layer;
 END;
+
+-- Committed blobs (fusesnap/content): the bytes are ROOT/content/blobs/<alg>/<hex>.
+CREATE TABLE IF NOT EXISTS content_blobs (
+    digest TEXT PRIMARY KEY,
+    size INTEGER NOT NULL,
+    created_ns INTEGER NOT NULL,
+    updated_ns INTEGER NOT NULL
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS content_labels (
+    digest TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (digest, key)
+) WITHOUT ROWID;
+
+-- Ingests in progress. The bytes written so far are the file
+-- ROOT/content/ingest/<sha256(ref)>/data; its size is the offset, so a write
+-- never touches this table.
+CREATE TABLE IF NOT EXISTS content_ingests (
+    ref TEXT PRIMARY KEY,
+    started_ns INTEGER NOT NULL,
+    total INTEGER NOT NULL,
+    expected TEXT NOT NULL
+) WITHOUT ROWID;
 """
 
 

@@ -1,0 +1,158 @@
+"""containerd.services.content.v1.Content over the content store (spec §3).
+
+Metadata calls cross into the store's thread through the bridge; bytes — a
+Write stream's data and hashing, a Read's chunks — stay in the gRPC thread.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+import grpc
+from google.protobuf.empty_pb2 import Empty
+
+from fusesnap.api.convert import timestamp
+from fusesnap.api.errors import rpc
+from fusesnap.bridge import TrioBridge
+from fusesnap.content import digests, reader
+from fusesnap.content.ingest import Progress, Writer, progress
+from fusesnap.content.store import BlobRecord, ContentStore
+from fusesnap.errors import InvalidArgument, NotFound
+from fusesnap.filters import quote
+from fusesnap.pb import content_pb2 as cpb
+from fusesnap.pb import content_pb2_grpc
+
+LIST_BATCH = 100
+# Go clients dialing with grpc defaults receive at most 4 MiB (spec §1.1).
+LIST_BATCH_BYTES = 4 * 1024 * 1024 - 64 * 1024
+
+
+def _info(rec: BlobRecord) -> cpb.Info:
+    return cpb.Info(digest=rec.digest, size=rec.size, created_at=timestamp(rec.created_ns),
+                    updated_at=timestamp(rec.updated_ns), labels=rec.labels)
+
+
+def _status(p: Progress) -> cpb.Status:
+    return cpb.Status(ref=p.ref, offset=p.offset, total=p.total, expected=p.expected,
+                      started_at=timestamp(p.started_ns), updated_at=timestamp(p.updated_ns))
+
+
+def _requests(iterator: Iterable[cpb.WriteContentRequest]) -> Iterator[cpb.WriteContentRequest]:
+    """The stream's requests; ends quietly when the client cancels (no status
+    can reach it any more, and the caller's cleanup still runs)."""
+    try:
+        yield from iterator
+    except grpc.RpcError:
+        return
+
+
+def _step(writer: Writer, request: cpb.WriteContentRequest) -> cpb.WriteContentResponse:
+    """Apply one Write message and describe the ingest after it (spec §3.4)."""
+    writer.check()
+    action = request.action
+    if action not in (cpb.STAT, cpb.WRITE, cpb.COMMIT):
+        raise InvalidArgument(f"{action} is not a valid action")
+    if request.expected:
+        writer.expect(request.expected, recheck=action == cpb.COMMIT)
+    if request.total > 0:
+        writer.total = request.total
+    if action != cpb.STAT:
+        writer.write(request.offset, request.data)
+    if action == cpb.COMMIT:
+        writer.commit(request.labels)
+    return cpb.WriteContentResponse(
+        action=action, started_at=timestamp(writer.started_ns),
+        updated_at=timestamp(writer.updated_ns), offset=writer.offset, total=writer.total,
+        digest=writer.digest)
+
+
+class ContentServicer(content_pb2_grpc.ContentServicer):
+    """No namespace is required and content is not partitioned by one (spec §1.3)."""
+
+    def __init__(self, bridge: TrioBridge, store: ContentStore) -> None:
+        self.call = bridge.call
+        self.store = store
+
+    @rpc
+    def Info(self, request: cpb.InfoRequest, context: grpc.ServicerContext) -> cpb.InfoResponse:
+        return cpb.InfoResponse(info=_info(self.call(self.store.info, request.digest)))
+
+    @rpc
+    def Update(self, request: cpb.UpdateRequest,
+               context: grpc.ServicerContext) -> cpb.UpdateResponse:
+        rec = self.call(self.store.update, request.info.digest, dict(request.info.labels),
+                        list(request.update_mask.paths))
+        return cpb.UpdateResponse(info=_info(rec))
+
+    @rpc
+    def List(self, request: cpb.ListContentRequest,
+             context: grpc.ServicerContext) -> Iterator[cpb.ListContentResponse]:
+        # Taken in one call and streamed from here: an open List holds nothing
+        # (the daemon's GC deletes blobs from inside its List loop, spec §9.4).
+        records = self.call(self.store.list, list(request.filters))
+        batch: list[cpb.Info] = []
+        size = 0
+        for rec in records:
+            info = _info(rec)
+            cost = info.ByteSize() + 6  # plus a tag and a length prefix
+            if batch and (len(batch) == LIST_BATCH or size + cost > LIST_BATCH_BYTES):
+                yield cpb.ListContentResponse(info=batch)
+                batch, size = [], 0
+            batch.append(info)
+            size += cost
+        if batch:
+            yield cpb.ListContentResponse(info=batch)
+
+    @rpc
+    def Delete(self, request: cpb.DeleteContentRequest, context: grpc.ServicerContext) -> Empty:
+        self.call(self.store.delete, request.digest)
+        return Empty()
+
+    @rpc
+    def Read(self, request: cpb.ReadContentRequest,
+             context: grpc.ServicerContext) -> Iterator[cpb.ReadContentResponse]:
+        rec = self.call(self.store.info, request.digest)
+        start, end = reader.span(rec.size, request.offset, request.size)
+        path = self.store.blob_path(digests.parse(rec.digest))
+        for offset, data in reader.chunks(path, start, end):
+            yield cpb.ReadContentResponse(offset=offset, data=data)
+
+    @rpc
+    def Status(self, request: cpb.StatusRequest,
+               context: grpc.ServicerContext) -> cpb.StatusResponse:
+        found = progress(self.call(self.store.ingest, request.ref))
+        if found is None:
+            raise NotFound(f"could not get status for ref {quote(request.ref)}")
+        return cpb.StatusResponse(status=_status(found))
+
+    @rpc
+    def ListStatuses(self, request: cpb.ListStatusesRequest,
+                     context: grpc.ServicerContext) -> cpb.ListStatusesResponse:
+        records = self.call(self.store.ingest_list, list(request.filters))
+        found = [p for p in map(progress, records) if p is not None]
+        return cpb.ListStatusesResponse(statuses=[_status(p) for p in found])
+
+    @rpc
+    def Write(self, request_iterator: Iterator[cpb.WriteContentRequest],
+              context: grpc.ServicerContext) -> Iterator[cpb.WriteContentResponse]:
+        # Lock-step: one response per request, in order. The ref is locked
+        # until this generator ends, however it ends (EOF, error, cancel).
+        requests = _requests(request_iterator)
+        request = next(requests, None)
+        if request is None:
+            return
+        writer = Writer.open(self.store, self.call, request.ref, request.total,
+                             request.expected)
+        try:
+            while request is not None:
+                yield _step(writer, request)
+                if request.action == cpb.COMMIT:
+                    return  # OK at once: the client may not read or send again
+                request = next(requests, None)
+        finally:
+            writer.close()
+
+    @rpc
+    def Abort(self, request: cpb.AbortRequest, context: grpc.ServicerContext) -> Empty:
+        self.call(self.store.abort, request.ref)
+        return Empty()
