@@ -130,6 +130,18 @@ CLIENT = textwrap.dedent("""
         except OSError as e:
             out["view_write_errno"] = e.errno
         print(json.dumps(out))
+    elif step == "userns":
+        d = stub.Prepare(pb.PrepareSnapshotRequest(key="ns")).mounts[0].source
+        os.mkdir(d + "/root-dir")
+        with open(d + "/root-dir/file", "w") as f:
+            f.write("owned by root in the namespace")
+        os.chown(d + "/root-dir", 0, 0)
+        os.chown(d + "/root-dir/file", 0, 0)
+        stub.Commit(pb.CommitSnapshotRequest(name="ns-layer", key="ns"))
+        v = stub.View(pb.ViewSnapshotRequest(key="ns-look", parent="ns-layer")).mounts[0].source
+        st = os.stat(v + "/root-dir/file")
+        print(json.dumps({"me": os.getuid(), "uid": st.st_uid, "gid": st.st_gid,
+                          "text": open(v + "/root-dir/file").read()}))
 """)
 
 
@@ -181,6 +193,48 @@ def test_ordinary_user_prepares_fills_commits_and_views_without_mounting(
         st = path.lstat()
         assert st.st_uid == user.pw_uid, path
         assert not (stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)), path
+
+
+def test_chown_to_root_inside_a_user_namespace_is_recorded(
+        user: pwd.struct_passwd, workdir: Path) -> None:
+    """How rootless engines run it: the daemon in a user namespace where the
+    ordinary user is root; a client in that namespace chowns files to root."""
+    if not shutil.which("unshare") or not shutil.which("nsenter"):
+        pytest.skip("unshare and nsenter (util-linux) are needed")
+    log_path = workdir / "userns.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            ["unshare", "--user", "--map-root-user", "--mount", SYSTEM_PYTHON, "-m",
+             "fusesnap", "serve", "--root", str(workdir / "root"),
+             "--socket", str(workdir / "sock")],
+            stdout=log, stderr=log, **_as_user(user))
+    try:
+        deadline = time.monotonic() + 30
+        while not log_path.read_bytes().rstrip().endswith(b"serving"):
+            if proc.poll() is not None:
+                if b"unshare:" in log_path.read_bytes():
+                    pytest.skip("unprivileged user namespaces are not available: "
+                                + log_path.read_text().strip())
+                pytest.fail("daemon in a user namespace did not start:\n" + log_path.read_text())
+            assert time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.05)
+        script = workdir / "client.py"
+        script.write_text(CLIENT)
+        client = subprocess.run(
+            ["nsenter", "--user", "--mount", "--preserve-credentials", "-t", str(proc.pid),
+             SYSTEM_PYTHON, str(script), str(workdir / "sock"), "userns"],
+            capture_output=True, text=True, timeout=60, **_as_user(user))
+        assert client.returncode == 0, client.stderr
+        import json
+
+        seen = json.loads(client.stdout)
+        assert seen == {"me": 0, "uid": 0, "gid": 0, "text": "owned by root in the namespace"}
+        for path in (workdir / "root" / "layers").rglob("*"):
+            assert path.lstat().st_uid == user.pw_uid, path
+    finally:
+        proc.terminate()
+        code = proc.wait(timeout=30)
+    assert code == 0, log_path.read_text()
 
 
 def test_rootless_mount_is_nosuid_nodev_and_owned_by_the_user(
