@@ -11,7 +11,7 @@ from collections.abc import Iterable, Iterator
 import grpc
 from google.protobuf.empty_pb2 import Empty
 
-from fusesnap.api.convert import timestamp
+from fusesnap.api.convert import batches, timestamp
 from fusesnap.api.errors import rpc
 from fusesnap.bridge import TrioBridge
 from fusesnap.content import digests, reader
@@ -21,10 +21,6 @@ from fusesnap.errors import InvalidArgument, NotFound
 from fusesnap.filters import quote
 from fusesnap.pb import content_pb2 as cpb
 from fusesnap.pb import content_pb2_grpc
-
-LIST_BATCH = 100
-# Go clients dialing with grpc defaults receive at most 4 MiB (spec §1.1).
-LIST_BATCH_BYTES = 4 * 1024 * 1024 - 64 * 1024
 
 
 def _info(rec: BlobRecord) -> cpb.Info:
@@ -90,17 +86,7 @@ class ContentServicer(content_pb2_grpc.ContentServicer):
         # Taken in one call and streamed from here: an open List holds nothing
         # (the daemon's GC deletes blobs from inside its List loop, spec §9.4).
         records = self.call(self.store.list, list(request.filters))
-        batch: list[cpb.Info] = []
-        size = 0
-        for rec in records:
-            info = _info(rec)
-            cost = info.ByteSize() + 6  # plus a tag and a length prefix
-            if batch and (len(batch) == LIST_BATCH or size + cost > LIST_BATCH_BYTES):
-                yield cpb.ListContentResponse(info=batch)
-                batch, size = [], 0
-            batch.append(info)
-            size += cost
-        if batch:
+        for batch in batches(_info(rec) for rec in records):
             yield cpb.ListContentResponse(info=batch)
 
     @rpc

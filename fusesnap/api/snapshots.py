@@ -7,19 +7,13 @@ from collections.abc import Iterator
 import grpc
 from google.protobuf.empty_pb2 import Empty
 
-from fusesnap.api.convert import timestamp
+from fusesnap.api.convert import batches, timestamp
 from fusesnap.api.errors import rpc
 from fusesnap.bridge import TrioBridge
 from fusesnap.errors import InvalidArgument
 from fusesnap.pb import mount_pb2, snapshots_pb2, snapshots_pb2_grpc
 from fusesnap.snapshots.snapshotter import Mount, Snapshotter
 from fusesnap.store.metastore import SnapshotRecord
-
-LIST_BATCH = 100
-# Go clients that dial with grpc defaults receive at most 4 MiB per message
-# (spec §1.1): a batch is also cut by size. An Info bigger than this on its
-# own still goes out, alone.
-LIST_BATCH_BYTES = 4 * 1024 * 1024 - 64 * 1024
 
 
 def _mounts(mounts: list[Mount]) -> list[mount_pb2.Mount]:
@@ -93,18 +87,7 @@ class SnapshotsServicer(snapshots_pb2_grpc.SnapshotsServicer):
         # Taken in one call, streamed outside the trio thread: a slow reader
         # holds nothing other RPCs need.
         records = self.call(self.core.list, list(request.filters))
-        batch: list[snapshots_pb2.Info] = []
-        size = 0
-        for rec in records:
-            info = _info(rec)
-            # Each repeated entry costs its length plus a tag and a length prefix.
-            cost = info.ByteSize() + 6
-            if batch and (len(batch) == LIST_BATCH or size + cost > LIST_BATCH_BYTES):
-                yield snapshots_pb2.ListSnapshotsResponse(info=batch)
-                batch, size = [], 0
-            batch.append(info)
-            size += cost
-        if batch:
+        for batch in batches(_info(rec) for rec in records):
             yield snapshots_pb2.ListSnapshotsResponse(info=batch)
 
     @rpc
