@@ -19,7 +19,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -202,3 +202,30 @@ def print_json(doc: Any) -> None:
 def print_labels(labels: Mapping[str, str]) -> None:
     for key in sorted(labels):
         print(f"{key}={labels[key]}")
+
+
+Stub = TypeVar("Stub")
+
+
+def subcommands(
+    group: argparse.ArgumentParser, dest: str, stub: Callable[[grpc.Channel], Stub]
+) -> Callable[..., argparse.ArgumentParser]:
+    """Add a subcommand list to `group`; returns `command(name, fn, help, *,
+    aliases=None, json=False)`, which adds one subcommand whose `fn(args, stub)`
+    runs with a stub on the daemon's channel (errors handled by `run`)."""
+    from fusesnap.cli import add_socket_option
+
+    cmds = group.add_subparsers(dest=dest, metavar="COMMAND")
+    cmds.required = True
+
+    def command(name: str, fn: Callable[[argparse.Namespace, Stub], int | None], help: str,
+                *, aliases: list[str] | None = None,
+                json: bool = False) -> argparse.ArgumentParser:
+        p = cmds.add_parser(name, aliases=aliases or [], help=help, description=help)
+        add_socket_option(p)
+        if json:
+            add_json_option(p)
+        p.set_defaults(func=lambda args: run(args, lambda channel: fn(args, stub(channel))))
+        return p
+
+    return command

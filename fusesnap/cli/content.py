@@ -29,7 +29,7 @@ import os
 import queue
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import IO, Any
 
 import grpc
@@ -38,8 +38,6 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from fusesnap.cli import add_socket_option, client
 from fusesnap.pb import content_pb2 as cpb
 from fusesnap.pb.content_pb2_grpc import ContentStub
-
-Handler = Callable[[argparse.Namespace, ContentStub], int | None]
 
 CHUNK = 1 << 20
 """Bytes per WRITE message (what containerd's clients send by default)."""
@@ -331,11 +329,6 @@ def _abort(args: argparse.Namespace, stub: ContentStub) -> None:
 # ---------------------------------------------------------------------- parser
 
 
-def _command(fn: Handler) -> Callable[[argparse.Namespace], int]:
-    def call(args: argparse.Namespace) -> int:
-        return client.run(args, lambda channel: fn(args, ContentStub(channel)))
-    return call
-
 
 def _size(text: str) -> int:
     try:
@@ -351,17 +344,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     group = sub.add_parser("content", help="manage content (like `ctr content`)",
                            description="Blobs and ingests of the fusesnap daemon.")
     add_socket_option(group)
-    cmds = group.add_subparsers(dest="content_command", metavar="COMMAND")
-    cmds.required = True
-
-    def command(name: str, fn: Handler, help: str, *, aliases: list[str] | None = None,
-                json: bool = False) -> argparse.ArgumentParser:
-        p = cmds.add_parser(name, aliases=aliases or [], help=help, description=help)
-        add_socket_option(p)
-        if json:
-            client.add_json_option(p)
-        p.set_defaults(func=_command(fn))
-        return p
+    command = client.subcommands(group, "content_command", ContentStub)
 
     p = command("ingest", _ingest, "store standard input as a blob and print its digest")
     p.add_argument("ref", metavar="REF", help="ingest name (resumed if it exists)")

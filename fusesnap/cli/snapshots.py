@@ -22,7 +22,7 @@ a tree node is ``{"name", "kind", "children"}``.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import grpc
@@ -34,7 +34,6 @@ from fusesnap.pb.snapshots_pb2_grpc import SnapshotsStub
 
 SNAPSHOTTER = "fusesnap"
 
-Handler = Callable[[argparse.Namespace, SnapshotsStub], int | None]
 
 
 # ---------------------------------------------------------------------- conversions
@@ -223,28 +222,13 @@ def _tree(args: argparse.Namespace, stub: SnapshotsStub) -> None:
 # ---------------------------------------------------------------------- parser
 
 
-def _command(fn: Handler) -> Callable[[argparse.Namespace], int]:
-    def call(args: argparse.Namespace) -> int:
-        return client.run(args, lambda channel: fn(args, SnapshotsStub(channel)))
-    return call
-
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     group = sub.add_parser("snapshots", aliases=["snapshot"],
                            help="manage snapshots (like `ctr snapshots`)",
                            description="Snapshots of the fusesnap daemon.")
     add_socket_option(group)
-    cmds = group.add_subparsers(dest="snapshots_command", metavar="COMMAND")
-    cmds.required = True
-
-    def command(name: str, fn: Handler, help: str, *, aliases: list[str] | None = None,
-                json: bool = False) -> argparse.ArgumentParser:
-        p = cmds.add_parser(name, aliases=aliases or [], help=help, description=help)
-        add_socket_option(p)
-        if json:
-            client.add_json_option(p)
-        p.set_defaults(func=_command(fn))
-        return p
+    command = client.subcommands(group, "snapshots_command", SnapshotsStub)
 
     def label_option(p: argparse.ArgumentParser) -> None:
         p.add_argument("--label", action="append", type=client.label_arg, default=[],
