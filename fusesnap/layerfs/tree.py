@@ -224,27 +224,28 @@ class LayerTree:
         a = view.attrs.get(oid)
         if a is not None:
             return a
-        best = None
-        best_rank = len(view.chain)
-        for row in self.db.all(f"SELECT {_INODE_COLUMNS} FROM inodes WHERE oid = ?", (oid,)):
-            r = view.rank.get(row[1])
-            if r is not None and r < best_rank:
-                best, best_rank = row, r
-        if best is None:
-            raise fs_error(errno.ENOENT)
-        a = view.attrs[oid] = Attr(best)
-        return a
+        # A child layer's id is always above its parent's (ids grow, a parent
+        # exists first), so the newest row of the chain is the topmost one.
+        for row in self.db.execute(
+            f"SELECT {_INODE_COLUMNS} FROM inodes WHERE oid = ? AND layer <= ?"
+            " ORDER BY layer DESC", (oid, view.top)
+        ):
+            if row[1] in view.rank:
+                a = view.attrs[oid] = Attr(row)
+                return a
+        raise fs_error(errno.ENOENT)
 
     def _probe(self, view: View, dir_oid: int, name: bytes, below_top: bool = False) -> int:
-        best, best_rank = WHITEOUT, len(view.chain)
-        first = 1 if below_top else 0
-        for layer, oid in self.db.all(
-            "SELECT layer, oid FROM dentries WHERE dir = ? AND name = ?", (dir_oid, name)
+        """The entry the topmost layer of the chain (below the top one, if asked)
+        has for (dir, name): the newest such row, as in `attr`."""
+        highest = view.top - 1 if below_top else view.top
+        for layer, oid in self.db.execute(
+            "SELECT layer, oid FROM dentries WHERE dir = ? AND name = ? AND layer <= ?"
+            " ORDER BY layer DESC", (dir_oid, name, highest)
         ):
-            r = view.rank.get(layer)
-            if r is not None and first <= r < best_rank:
-                best, best_rank = oid, r
-        return best
+            if layer in view.rank:
+                return int(oid)
+        return WHITEOUT
 
     def find(self, view: View, dir_oid: int, name: bytes) -> int:
         """The oid `name` names in directory `dir_oid`, or 0."""
