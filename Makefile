@@ -5,7 +5,7 @@ ROOT ?=
 SOCKET ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup run test lint proto clean
+.PHONY: setup run test lint proto clean bench-content
 
 setup:
 	./vagrant/provision.sh
@@ -19,6 +19,10 @@ test: setup
 lint: setup
 	$(VENV)/bin/ruff check fusesnap tests
 	$(VENV)/bin/mypy fusesnap
+
+# Benchmarks print figures beside their anchors; they are not tests.
+bench-content: setup
+	$(PY) bench/content.py --json results/content.json
 
 # Generated protobuf code is committed (fusesnap/pb/); tests/test_proto_generated.py checks it is current.
 proto: setup

@@ -1,0 +1,195 @@
+"""Content benchmark: ingest and read back one blob through gRPC.
+
+Prints MiB/s for fusesnap's Content service beside, from the same run,
+`sha256sum` of the same file (the hashing limit) and containerd's own content
+service (`ctr content ingest` / `ctr content get` against a private containerd
+from Debian's `containerd` package, started here on its own socket and root
+and stopped after). Every figure is verified: the digest read back must be the
+digest of the file.
+
+    python bench/content.py [--size-mib 1024] [--json results/content.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import grpc
+
+from fusesnap.pb import content_pb2 as cpb
+from fusesnap.pb import content_pb2_grpc
+
+CHUNK = 1 << 20
+MAX_MESSAGE = 16 * 1024 * 1024 + 64 * 1024
+
+
+def _wait_for(path: Path, proc: subprocess.Popen[bytes], what: str) -> None:
+    deadline = time.monotonic() + 30
+    while not path.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{what} did not start")
+        time.sleep(0.05)
+    time.sleep(0.2)
+
+
+def _timed(fn) -> tuple[float, object]:  # type: ignore[no-untyped-def]
+    start = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - start, out
+
+
+def sha256sum(path: Path) -> tuple[float, str]:
+    seconds, out = _timed(lambda: subprocess.run(
+        ["sha256sum", str(path)], capture_output=True, text=True, check=True).stdout)
+    return seconds, "sha256:" + str(out).split()[0]
+
+
+def fusesnap_ingest(stub: content_pb2_grpc.ContentStub, path: Path, ref: str) -> str:
+    def requests():  # type: ignore[no-untyped-def]
+        yield cpb.WriteContentRequest(action=cpb.STAT, ref=ref, total=path.stat().st_size)
+        offset = 0
+        with open(path, "rb", buffering=0) as f:
+            while data := f.read(CHUNK):
+                yield cpb.WriteContentRequest(action=cpb.WRITE, offset=offset, data=data)
+                offset += len(data)
+        yield cpb.WriteContentRequest(action=cpb.COMMIT, offset=offset, total=offset)
+
+    digest = ""
+    for resp in stub.Write(requests()):
+        digest = resp.digest
+    return digest
+
+
+def fusesnap_read(stub: content_pb2_grpc.ContentStub, digest: str) -> str:
+    h = hashlib.sha256()
+    for resp in stub.Read(cpb.ReadContentRequest(digest=digest)):
+        h.update(resp.data)
+    return "sha256:" + h.hexdigest()
+
+
+def run_fusesnap(work: Path, path: Path, reps: int) -> dict[str, list[float]]:
+    root, sock = work / "fusesnap", work / "fusesnap.sock"
+    proc = subprocess.Popen([sys.executable, "-m", "fusesnap", "--log-level", "WARNING",
+                             "serve", "--root", str(root), "--socket", str(sock)])
+    try:
+        _wait_for(sock, proc, "fusesnap")
+        channel = grpc.insecure_channel(f"unix:{sock}", options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE),
+            ("grpc.max_send_message_length", MAX_MESSAGE)])
+        stub = content_pb2_grpc.ContentStub(channel)
+        ingest, read = [], []
+        for i in range(reps):
+            seconds, digest = _timed(lambda: fusesnap_ingest(stub, path, f"bench-{i}"))
+            ingest.append(seconds)
+            seconds, back = _timed(lambda: fusesnap_read(stub, str(digest)))
+            read.append(seconds)
+            if back != digest:
+                raise RuntimeError(f"fusesnap read back {back}, wrote {digest}")
+            stub.Delete(cpb.DeleteContentRequest(digest=str(digest)))
+        channel.close()
+        return {"ingest": ingest, "read": read, "digest": [str(digest)]}  # type: ignore[dict-item]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+
+
+def run_containerd(work: Path, path: Path, reps: int) -> dict[str, list[float]] | str:
+    if not shutil.which("containerd") or not shutil.which("ctr"):
+        return "containerd and ctr are not installed (Debian package containerd)"
+    if os.getuid() != 0:
+        return "a private containerd needs root"
+    root, state, sock = work / "cd-root", work / "cd-state", work / "containerd.sock"
+    config = work / "containerd.toml"
+    config.write_text(f'version = 2\nroot = "{root}"\nstate = "{state}"\n'
+                      f'[grpc]\n  address = "{sock}"\n'
+                      '[plugins."io.containerd.grpc.v1.cri"]\n  disable_tcp_service = true\n')
+    log = open(work / "containerd.log", "wb")
+    proc = subprocess.Popen(["containerd", "--config", str(config)], stdout=log, stderr=log)
+    ctr = ["ctr", "--address", str(sock), "--namespace", "bench"]
+    try:
+        _wait_for(sock, proc, "containerd")
+        ingest, read = [], []
+        for i in range(reps):
+            with open(path, "rb") as f:
+                seconds, _ = _timed(lambda: subprocess.run(
+                    [*ctr, "content", "ingest", f"bench-{i}"], stdin=f, check=True))
+            ingest.append(seconds)
+            digest = subprocess.run([*ctr, "content", "ls", "-q"], capture_output=True,
+                                    text=True, check=True).stdout.split()[0]
+
+            def get() -> str:
+                h = hashlib.sha256()
+                with subprocess.Popen([*ctr, "content", "get", digest],
+                                      stdout=subprocess.PIPE) as p:
+                    assert p.stdout is not None
+                    while data := p.stdout.read(CHUNK):
+                        h.update(data)
+                return "sha256:" + h.hexdigest()
+
+            seconds, back = _timed(get)
+            read.append(seconds)
+            if back != digest:
+                raise RuntimeError(f"containerd read back {back}, expected {digest}")
+            subprocess.run([*ctr, "content", "rm", digest], check=True, capture_output=True)
+        return {"ingest": ingest, "read": read}
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size-mib", type=int, default=1024)
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    mib = args.size_mib
+    with tempfile.TemporaryDirectory(prefix="fusesnap-bench-", dir="/var/tmp") as tmp:
+        work = Path(tmp)
+        path = work / "blob"
+        with open(path, "wb") as f:
+            for _ in range(mib):
+                f.write(os.urandom(CHUNK))
+        sums = [sha256sum(path) for _ in range(args.reps)]
+        expected = sums[0][1]
+        fs = run_fusesnap(work, path, args.reps)
+        if fs["digest"][0] != expected:
+            raise RuntimeError("fusesnap committed a different digest than sha256sum computed")
+        cd = run_containerd(work, path, args.reps)
+
+    def rate(seconds: list[float]) -> str:
+        rates = [mib / s for s in seconds]
+        return f"{statistics.median(rates):8.0f} ({min(rates):.0f}–{max(rates):.0f})"
+
+    rows = [("sha256sum (hashing limit)", rate([s for s, _ in sums]), "")]
+    rows.append(("fusesnap Content", rate(fs["ingest"]), rate(fs["read"])))
+    if isinstance(cd, str):
+        rows.append(("containerd 1.6 content (ctr)", f"skipped: {cd}", ""))
+    else:
+        rows.append(("containerd 1.6 content (ctr)", rate(cd["ingest"]), rate(cd["read"])))
+    print(f"content benchmark: {mib} MiB blob, {args.reps} runs, MiB/s median (min–max)")
+    print(f"{'':30}{'ingest':>22}{'read':>22}")
+    for name, ingest, read in rows:
+        print(f"{name:30}{ingest:>22}{read:>22}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({
+            "size_mib": mib, "sha256sum": [s for s, _ in sums], "fusesnap": fs,
+            "containerd": cd}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
