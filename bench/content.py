@@ -23,7 +23,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import grpc
 
@@ -32,6 +34,7 @@ from fusesnap.pb import content_pb2_grpc
 
 CHUNK = 1 << 20
 MAX_MESSAGE = 16 * 1024 * 1024 + 64 * 1024
+T = TypeVar("T")
 
 
 def _wait_for(path: Path, proc: subprocess.Popen[bytes], what: str) -> None:
@@ -43,16 +46,16 @@ def _wait_for(path: Path, proc: subprocess.Popen[bytes], what: str) -> None:
     time.sleep(0.2)
 
 
-def _timed(fn) -> tuple[float, object]:  # type: ignore[no-untyped-def]
+def _timed(fn: Callable[..., T], *args: Any, **kwargs: Any) -> tuple[float, T]:
     start = time.perf_counter()
-    out = fn()
+    out = fn(*args, **kwargs)
     return time.perf_counter() - start, out
 
 
 def sha256sum(path: Path) -> tuple[float, str]:
-    seconds, out = _timed(lambda: subprocess.run(
-        ["sha256sum", str(path)], capture_output=True, text=True, check=True).stdout)
-    return seconds, "sha256:" + str(out).split()[0]
+    seconds, out = _timed(subprocess.run, ["sha256sum", str(path)], capture_output=True,
+                          text=True, check=True)
+    return seconds, "sha256:" + out.stdout.split()[0]
 
 
 def fusesnap_ingest(stub: content_pb2_grpc.ContentStub, path: Path, ref: str) -> str:
@@ -78,7 +81,7 @@ def fusesnap_read(stub: content_pb2_grpc.ContentStub, digest: str) -> str:
     return "sha256:" + h.hexdigest()
 
 
-def run_fusesnap(work: Path, path: Path, reps: int) -> dict[str, list[float]]:
+def run_fusesnap(work: Path, path: Path, reps: int) -> dict[str, Any]:
     root, sock = work / "fusesnap", work / "fusesnap.sock"
     proc = subprocess.Popen([sys.executable, "-m", "fusesnap", "--log-level", "WARNING",
                              "serve", "--root", str(root), "--socket", str(sock)])
@@ -90,21 +93,21 @@ def run_fusesnap(work: Path, path: Path, reps: int) -> dict[str, list[float]]:
         stub = content_pb2_grpc.ContentStub(channel)
         ingest, read = [], []
         for i in range(reps):
-            seconds, digest = _timed(lambda: fusesnap_ingest(stub, path, f"bench-{i}"))
+            seconds, digest = _timed(fusesnap_ingest, stub, path, f"bench-{i}")
             ingest.append(seconds)
-            seconds, back = _timed(lambda: fusesnap_read(stub, str(digest)))
+            seconds, back = _timed(fusesnap_read, stub, digest)
             read.append(seconds)
             if back != digest:
                 raise RuntimeError(f"fusesnap read back {back}, wrote {digest}")
             stub.Delete(cpb.DeleteContentRequest(digest=str(digest)))
         channel.close()
-        return {"ingest": ingest, "read": read, "digest": [str(digest)]}  # type: ignore[dict-item]
+        return {"ingest": ingest, "read": read, "digest": [digest]}
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
 
 
-def run_containerd(work: Path, path: Path, reps: int) -> dict[str, list[float]] | str:
+def run_containerd(work: Path, path: Path, reps: int) -> dict[str, Any] | str:
     if not shutil.which("containerd") or not shutil.which("ctr"):
         return "containerd and ctr are not installed (Debian package containerd)"
     if os.getuid() != 0:
@@ -122,13 +125,13 @@ def run_containerd(work: Path, path: Path, reps: int) -> dict[str, list[float]] 
         ingest, read = [], []
         for i in range(reps):
             with open(path, "rb") as f:
-                seconds, _ = _timed(lambda: subprocess.run(
-                    [*ctr, "content", "ingest", f"bench-{i}"], stdin=f, check=True))
+                seconds, _ = _timed(subprocess.run, [*ctr, "content", "ingest", f"bench-{i}"],
+                                    stdin=f, check=True)
             ingest.append(seconds)
             digest = subprocess.run([*ctr, "content", "ls", "-q"], capture_output=True,
                                     text=True, check=True).stdout.split()[0]
 
-            def get() -> str:
+            def get(digest: str) -> str:
                 h = hashlib.sha256()
                 with subprocess.Popen([*ctr, "content", "get", digest],
                                       stdout=subprocess.PIPE) as p:
@@ -137,7 +140,7 @@ def run_containerd(work: Path, path: Path, reps: int) -> dict[str, list[float]] 
                         h.update(data)
                 return "sha256:" + h.hexdigest()
 
-            seconds, back = _timed(get)
+            seconds, back = _timed(get, digest)
             read.append(seconds)
             if back != digest:
                 raise RuntimeError(f"containerd read back {back}, expected {digest}")
