@@ -2,9 +2,22 @@
 
 from __future__ import annotations
 
+import enum
 import os
 from dataclasses import dataclass
 from pathlib import Path
+
+
+class Role(enum.Enum):
+    """Who the daemon serves (DESIGN.md, "Two roles, kept apart")."""
+
+    DIRECT = "direct"
+    """Clients talk to fusesnap directly (the CLI, rootless engines and builders):
+    fusesnap keeps leases and images and collects garbage itself."""
+    PROXY = "proxy"
+    """containerd uses fusesnap as a proxy plugin and owns leases, images and
+    collection: the lease header is ignored, Leases/Images/GC are not served,
+    and nothing is ever collected by fusesnap."""
 
 
 def default_root() -> Path:
@@ -25,17 +38,30 @@ def default_socket(root: Path | None = None) -> Path:
     return (root or default_root()) / "fusesnap.sock"
 
 
+def default_role() -> Role:
+    return Role(os.environ.get("FUSESNAP_ROLE") or Role.DIRECT.value)
+
+
 @dataclass(frozen=True)
 class Config:
     root: Path
     socket: Path
     mountpoint: Path
+    role: Role = Role.DIRECT
+    ingest_grace: float = 24 * 3600.0
+    """Seconds an ingest on no lease is safe from collection after it started."""
+    gc_delay: float = 1.0
+    """Seconds between a deletion and the background collection it triggers."""
 
     @classmethod
     def make(cls, root: str | None = None, socket: str | None = None,
-             mountpoint: str | None = None) -> Config:
+             mountpoint: str | None = None, role: str | None = None,
+             ingest_grace: float | None = None, gc_delay: float | None = None) -> Config:
         r = Path(root).absolute() if root else default_root().absolute()
         s = Path(socket).absolute() if socket else default_socket(r).absolute()
         m = Path(mountpoint).absolute() if mountpoint else Path(
             os.environ.get("FUSESNAP_MOUNTPOINT") or r / "mnt").absolute()
-        return cls(root=r, socket=s, mountpoint=m)
+        return cls(root=r, socket=s, mountpoint=m,
+                   role=Role(role) if role else default_role(),
+                   ingest_grace=cls.ingest_grace if ingest_grace is None else ingest_grace,
+                   gc_delay=cls.gc_delay if gc_delay is None else gc_delay)

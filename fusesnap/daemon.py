@@ -10,6 +10,7 @@ import shutil
 import signal
 import socket as socketlib
 import subprocess
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pyfuse3
@@ -17,10 +18,11 @@ import trio
 
 from fusesnap.api.server import make_server
 from fusesnap.bridge import TrioBridge
-from fusesnap.config import Config
+from fusesnap.config import Config, Role
 from fusesnap.content.store import ContentStore
 from fusesnap.layerfs.ops import LayerFS
 from fusesnap.layerfs.tree import LayerTree
+from fusesnap.leases.gc import Collector
 from fusesnap.snapshots.snapshotter import Snapshotter
 from fusesnap.store.db import Database
 
@@ -101,6 +103,11 @@ def mount_options() -> set[str]:
     return options
 
 
+async def _run_in(scope: trio.CancelScope, fn: Callable[[], Awaitable[None]]) -> None:
+    with scope:
+        await fn()
+
+
 async def serve(config: Config) -> None:
     """Serve until SIGTERM or SIGINT, then stop cleanly."""
     config.root.mkdir(parents=True, exist_ok=True)
@@ -115,20 +122,26 @@ async def serve(config: Config) -> None:
         prepare_mountpoint(config.mountpoint)
         prepare_socket(config.socket)
         options = mount_options()
-        log.info("root=%s mountpoint=%s socket=%s options=%s", config.root, config.mountpoint,
-                 config.socket, ",".join(sorted(options)))
+        collector = Collector(db, snapshotter, content, config.ingest_grace, config.gc_delay)
+        log.info("root=%s mountpoint=%s socket=%s role=%s options=%s", config.root,
+                 config.mountpoint, config.socket, config.role.value, ",".join(sorted(options)))
         pyfuse3.init(LayerFS(snapshotter), str(config.mountpoint), options)
         try:
             bridge = TrioBridge(trio.lowlevel.current_trio_token())
-            server = make_server(bridge, snapshotter, content, config.socket)
+            server = make_server(bridge, config.socket, config.role, snapshotter, content,
+                                 collector)
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(pyfuse3.main)
+                    background_gc = trio.CancelScope()
+                    if config.role is Role.DIRECT:
+                        nursery.start_soon(_run_in, background_gc, collector.run)
                     server.start()
                     log.info("serving")
                     async for signum in signals:
                         log.info("%s: stopping", signal.Signals(signum).name)
                         break
+                    background_gc.cancel()
                     await trio.to_thread.run_sync(lambda: server.stop(5).wait())
                     tree.flush()
                     pyfuse3.terminate()

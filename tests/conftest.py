@@ -32,8 +32,10 @@ def fuse_usable() -> str | None:
 class Daemon:
     """One `fusesnap serve` process and a channel to it."""
 
-    def __init__(self, root: Path, socket: Path | None = None) -> None:
+    def __init__(self, root: Path, socket: Path | None = None,
+                 args: tuple[str, ...] = ()) -> None:
         self.root = root
+        self.args = args
         self.socket = socket or root.parent / f"{root.name}.sock"
         self.mountpoint = root / "mnt"
         self.log = root.parent / f"{root.name}.log"
@@ -43,7 +45,7 @@ class Daemon:
 
     def command(self) -> list[str]:
         return [sys.executable, "-m", "fusesnap", "serve", "--root", str(self.root),
-                "--socket", str(self.socket)]
+                "--socket", str(self.socket), *self.args]
 
     def start(self, command: list[str] | None = None, **popen: object) -> Daemon:
         with open(self.log, "ab") as log:
@@ -123,8 +125,9 @@ def new_daemon(tmp_path: Path) -> Iterator[type[Daemon]]:
     made: list[Daemon] = []
 
     class Tracked(Daemon):
-        def __init__(self, root: Path | None = None, socket: Path | None = None) -> None:
-            super().__init__(root or tmp_path / f"root{len(made)}", socket)
+        def __init__(self, root: Path | None = None, socket: Path | None = None,
+                     args: tuple[str, ...] = ()) -> None:
+            super().__init__(root or tmp_path / f"root{len(made)}", socket, args)
             made.append(self)
 
     yield Tracked

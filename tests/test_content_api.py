@@ -616,7 +616,9 @@ def test_write_chunks_of_8_mib_are_accepted(cs, k):
     assert read(cs, sha(data)) == data
 
 
-def test_requests_with_namespace_and_lease_headers_are_served(cs, k):
+def test_proxy_role_serves_requests_with_namespace_and_lease_headers(new_daemon, k):
+    # As containerd's proxy backend (spec §1.3): the lease lives in containerd.
+    cs = ContentStub(new_daemon(args=("--role", "proxy")).start().channel)
     md = [("containerd-namespace", "default"), ("containerd-lease", "no-such-lease")]
     s = WriteStream(cs, metadata=md)
     s.send(action=STAT, ref=k("a"))

@@ -105,7 +105,11 @@ class SnapshotModel(RuleBasedStateMachine):
         """Apply `op` to the model and to the snapshot; the outcomes must agree."""
         want = outcome(lambda: op(self.ref))
         got = outcome(lambda: op(self.snap))
-        assert got == want, f"snapshot gave {got}, local directory gave {want}"
+        if got != want:
+            raise AssertionError(
+                f"snapshot {self.snap} gave {got}, local directory gave {want};"
+                f" snapshot root: {outcome(lambda: os.lstat(self.snap))};"
+                f" daemon log ends: {self.daemon.logs()[-2000:]}")
 
     def _existing(self) -> list[tuple[str, str]]:
         """(path, type letter) of everything in the model, sorted."""

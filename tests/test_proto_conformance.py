@@ -50,12 +50,17 @@ PARTIAL_SERVICES = {"containerd.services.namespaces.v1.Namespaces"}
 T = TypeVar("T")
 
 
+# fusesnap's own services (gc.proto) have no upstream to match.
+OWN_PACKAGE = "fusesnap."
+
+
 def _our_files() -> list[descriptor.FileDescriptor]:
     files = []
     for info in pkgutil.iter_modules(fusesnap.pb.__path__):
         if info.name.endswith("_pb2"):
             module = importlib.import_module(f"fusesnap.pb.{info.name}")
-            files.append(module.DESCRIPTOR)
+            if not module.DESCRIPTOR.package.startswith(OWN_PACKAGE):
+                files.append(module.DESCRIPTOR)
     return sorted(files, key=lambda f: f.name)
 
 

@@ -350,7 +350,9 @@ def test_the_snapshotter_field_is_accepted_whatever_its_value(d, k, snapshotter)
     assert code(stat, d, k("v")) == grpc.StatusCode.NOT_FOUND
 
 
-def test_namespace_and_lease_headers_are_accepted_and_ignored(d, k):
+def test_proxy_role_accepts_and_ignores_namespace_and_lease_headers(new_daemon, k):
+    # As containerd's proxy backend (spec §1.3): the lease lives in containerd.
+    d = new_daemon(args=("--role", "proxy")).start()
     md = (("containerd-namespace", "default"), ("containerd-lease", "no-such-lease"))
     prepare(d, k("a"), metadata=md)
     commit(d, k("c"), k("a"), metadata=md)

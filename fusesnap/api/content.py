@@ -13,6 +13,7 @@ from google.protobuf.empty_pb2 import Empty
 
 from fusesnap.api.convert import batches, timestamp
 from fusesnap.api.errors import rpc
+from fusesnap.api.headers import Headers
 from fusesnap.bridge import TrioBridge
 from fusesnap.content import digests, reader
 from fusesnap.content.ingest import Progress, Writer, progress
@@ -63,11 +64,13 @@ def _step(writer: Writer, request: cpb.WriteContentRequest) -> cpb.WriteContentR
 
 
 class ContentServicer(content_pb2_grpc.ContentServicer):
-    """No namespace is required and content is not partitioned by one (spec §1.3)."""
+    """No namespace is required and content is not partitioned by one (spec §1.3).
+    In the direct role, a lease header makes ingests and blobs join that lease."""
 
-    def __init__(self, bridge: TrioBridge, store: ContentStore) -> None:
+    def __init__(self, bridge: TrioBridge, store: ContentStore, headers: Headers) -> None:
         self.call = bridge.call
         self.store = store
+        self.headers = headers
 
     @rpc
     def Info(self, request: cpb.InfoRequest, context: grpc.ServicerContext) -> cpb.InfoResponse:
@@ -91,7 +94,7 @@ class ContentServicer(content_pb2_grpc.ContentServicer):
 
     @rpc
     def Delete(self, request: cpb.DeleteContentRequest, context: grpc.ServicerContext) -> Empty:
-        self.call(self.store.delete, request.digest)
+        self.call(self.store.delete, request.digest, self.headers.holder(context))
         return Empty()
 
     @rpc
@@ -128,7 +131,7 @@ class ContentServicer(content_pb2_grpc.ContentServicer):
         if request is None:
             return
         writer = Writer.open(self.store, self.call, request.ref, request.total,
-                             request.expected)
+                             request.expected, self.headers.holder(context))
         try:
             while request is not None:
                 yield _step(writer, request)
@@ -140,5 +143,5 @@ class ContentServicer(content_pb2_grpc.ContentServicer):
 
     @rpc
     def Abort(self, request: cpb.AbortRequest, context: grpc.ServicerContext) -> Empty:
-        self.call(self.store.abort, request.ref)
+        self.call(self.store.abort, request.ref, self.headers.holder(context))
         return Empty()

@@ -9,6 +9,7 @@ from google.protobuf.empty_pb2 import Empty
 
 from fusesnap.api.convert import batches, timestamp
 from fusesnap.api.errors import rpc
+from fusesnap.api.headers import Headers
 from fusesnap.bridge import TrioBridge
 from fusesnap.errors import InvalidArgument
 from fusesnap.pb import mount_pb2, snapshots_pb2, snapshots_pb2_grpc
@@ -29,22 +30,26 @@ def _info(rec: SnapshotRecord) -> snapshots_pb2.Info:
 
 
 class SnapshotsServicer(snapshots_pb2_grpc.SnapshotsServicer):
-    """The `snapshotter` field is accepted whatever its value (spec §2.3)."""
+    """The `snapshotter` field is accepted whatever its value (spec §2.3). In
+    the direct role, a lease header makes created snapshots join that lease."""
 
-    def __init__(self, bridge: TrioBridge, snapshotter: Snapshotter) -> None:
+    def __init__(self, bridge: TrioBridge, snapshotter: Snapshotter, headers: Headers) -> None:
         self.call = bridge.call
         self.core = snapshotter
+        self.headers = headers
 
     @rpc
     def Prepare(self, request: snapshots_pb2.PrepareSnapshotRequest,
                 context: grpc.ServicerContext) -> snapshots_pb2.PrepareSnapshotResponse:
-        mounts = self.call(self.core.prepare, request.key, request.parent, dict(request.labels))
+        mounts = self.call(self.core.prepare, request.key, request.parent, dict(request.labels),
+                           self.headers.holder(context, request.snapshotter))
         return snapshots_pb2.PrepareSnapshotResponse(mounts=_mounts(mounts))
 
     @rpc
     def View(self, request: snapshots_pb2.ViewSnapshotRequest,
              context: grpc.ServicerContext) -> snapshots_pb2.ViewSnapshotResponse:
-        mounts = self.call(self.core.view, request.key, request.parent, dict(request.labels))
+        mounts = self.call(self.core.view, request.key, request.parent, dict(request.labels),
+                           self.headers.holder(context, request.snapshotter))
         return snapshots_pb2.ViewSnapshotResponse(mounts=_mounts(mounts))
 
     @rpc
@@ -57,13 +62,14 @@ class SnapshotsServicer(snapshots_pb2_grpc.SnapshotsServicer):
     def Commit(self, request: snapshots_pb2.CommitSnapshotRequest,
                context: grpc.ServicerContext) -> Empty:
         self.call(self.core.commit, request.name, request.key, dict(request.labels),
-                  request.parent)
+                  request.parent, self.headers.holder(context, request.snapshotter))
         return Empty()
 
     @rpc
     def Remove(self, request: snapshots_pb2.RemoveSnapshotRequest,
                context: grpc.ServicerContext) -> Empty:
-        self.call(self.core.remove, request.key)
+        self.call(self.core.remove, request.key,
+                  self.headers.holder(context, request.snapshotter))
         return Empty()
 
     @rpc

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
 from fusesnap import __version__
-from fusesnap.config import Config, default_socket
+from fusesnap.config import Config, Role, default_socket
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -16,13 +17,24 @@ def _serve(args: argparse.Namespace) -> int:
 
     from fusesnap.daemon import StartupError, serve
 
-    config = Config.make(args.root, args.socket, args.mountpoint)
+    config = Config.make(args.root, args.socket, args.mountpoint, args.role,
+                         args.ingest_grace, args.gc_delay)
     try:
         trio.run(serve, config)
     except StartupError as e:
         logging.getLogger("fusesnap").error("%s", e)
         return 1
     return 0
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, got {text!r}")
+    return value
 
 
 def add_socket_option(parser: argparse.ArgumentParser) -> None:
@@ -39,6 +51,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"fusesnap {__version__}")
     parser.add_argument("--socket", default=None,
                         help=f"daemon socket (env FUSESNAP_SOCKET; default {default_socket()})")
+    parser.add_argument("--namespace", "-n",
+                        default=os.environ.get("FUSESNAP_NAMESPACE") or "default",
+                        help="namespace of leases and images (env FUSESNAP_NAMESPACE; "
+                             "default: default)")
+    parser.add_argument("--lease", default=os.environ.get("FUSESNAP_LEASE") or None,
+                        help="lease that created snapshots and content join "
+                             "(env FUSESNAP_LEASE)")
     parser.add_argument("--log-level", default="INFO",
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -51,12 +70,25 @@ def build_parser() -> argparse.ArgumentParser:
                             "$XDG_DATA_HOME/fusesnap)")
     serve.add_argument("--mountpoint", default=None,
                        help="FUSE mountpoint (env FUSESNAP_MOUNTPOINT; default ROOT/mnt)")
+    serve.add_argument("--role", choices=[r.value for r in Role], default=None,
+                       help="direct: fusesnap keeps leases and images and collects garbage "
+                            "(the CLI, rootless engines); proxy: containerd is the client "
+                            "and owns all of that (env FUSESNAP_ROLE; default direct)")
+    serve.add_argument("--ingest-grace", type=_seconds, default=None, metavar="SECONDS",
+                       help="how long an ingest on no lease is safe from garbage "
+                            "collection (default 86400, as containerd)")
+    serve.add_argument("--gc-delay", type=_seconds, default=None, metavar="SECONDS",
+                       help="delay between a deletion and the background collection "
+                            "(default 1)")
     serve.set_defaults(func=_serve)
 
-    from fusesnap.cli import content, snapshots
+    from fusesnap.cli import content, gc, images, leases, snapshots
 
     snapshots.register(sub)
     content.register(sub)
+    leases.register(sub)
+    gc.register(sub)
+    images.register(sub)
     return parser
 
 

@@ -132,11 +132,44 @@ def error(message: str) -> None:
     print(f"fusesnap: {one_line(message)}", file=sys.stderr)
 
 
+class _Headers(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,
+               grpc.StreamUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):
+    """Adds containerd's namespace and lease headers (spec §1.3) to every call."""
+
+    def __init__(self, headers: Sequence[tuple[str, str]]) -> None:
+        self.headers = list(headers)
+
+    def _details(self, details: Any) -> Any:
+        return details._replace(metadata=list(details.metadata or ()) + self.headers)
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._details(details), request)
+
+    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._details(details), request)
+
+    def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return continuation(self._details(details), requests)
+
+    def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return continuation(self._details(details), requests)
+
+
+def headers(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """The namespace (always) and lease (when given) headers of the command's calls."""
+    out = [("containerd-namespace", getattr(args, "namespace", None) or "default")]
+    lease = getattr(args, "lease", None)
+    if lease:
+        out.append(("containerd-lease", lease))
+    return out
+
+
 def run(args: argparse.Namespace, fn: Callable[[grpc.Channel], int | None]) -> int:
     """Call ``fn`` with a channel to the daemon; the exit code of the command."""
     socket = socket_path(args)
     try:
-        with open_channel(socket) as channel:
+        with open_channel(socket) as raw:
+            channel = grpc.intercept_channel(raw, _Headers(headers(args)))
             code = int(fn(channel) or 0)
         sys.stdout.flush()  # a closed pipe shows here, not at exit
         return code

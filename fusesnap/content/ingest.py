@@ -32,6 +32,7 @@ from fusesnap.errors import (
 )
 from fusesnap.filters import quote
 from fusesnap.labels import clean, validate
+from fusesnap.leases.store import Holder
 
 T = TypeVar("T")
 
@@ -92,7 +93,7 @@ class Writer:
 
     @classmethod
     def open(cls, store: ContentStore, call: Call, ref: str, total: int,
-             expected: str) -> Writer:
+             expected: str, holder: Holder | None = None) -> Writer:
         """Lock `ref` and create or resume its ingest, rehashing the bytes already
         stored once.
 
@@ -104,7 +105,7 @@ class Writer:
             raise InvalidArgument("first message must have a reference")
         if expected:
             digests.parse(expected)
-        lock, record = _lock(store, call, ref, total, expected)
+        lock, record = _lock(store, call, ref, total, expected, holder)
         try:
             fd = os.open(record.data, os.O_RDWR | os.O_CLOEXEC)
         except FileNotFoundError:
@@ -205,10 +206,10 @@ class Writer:
 
 
 def _lock(store: ContentStore, call: Call, ref: str, total: int,
-          expected: str) -> tuple[WriteLock, IngestRecord]:
+          expected: str, holder: Holder | None) -> tuple[WriteLock, IngestRecord]:
     for attempt in range(LOCK_ATTEMPTS):
         try:
-            return call(store.begin_write, ref, total, expected)
+            return call(store.begin_write, ref, total, expected, holder)
         except Unavailable:
             if attempt == LOCK_ATTEMPTS - 1:
                 raise

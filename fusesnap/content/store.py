@@ -32,6 +32,7 @@ from fusesnap.content.digests import ALGORITHMS, Digest, parse
 from fusesnap.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable
 from fusesnap.filters import quote
 from fusesnap.labels import apply_mask, clean
+from fusesnap.leases.store import CONTENT, INGESTS, Holder, LeaseStore, Resource
 from fusesnap.store.db import Database
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,8 @@ class WriteLock:
 
     ref: str
     since_ns: int
+    holder: Holder | None = None
+    """The lease the stream's ingest and blob join (the request's lease header)."""
 
 
 def _require_ref(ref: str) -> None:
@@ -111,6 +114,7 @@ class ContentStore:
         self.blobs.mkdir(parents=True, exist_ok=True)
         self.ingests.mkdir(parents=True, exist_ok=True)
         self._locks: dict[str, WriteLock] = {}
+        self.leases = LeaseStore(db)
 
     # ------------------------------------------------------------------ paths
 
@@ -182,17 +186,30 @@ class ContentStore:
         return [r for r in records
                 if flt.match(filters.object_adaptor({"digest": r.digest}, r.labels))]
 
-    def delete(self, digest: str) -> None:
-        """Remove the blob `digest`; InvalidArgument if malformed, NotFound if absent.
+    def delete(self, digest: str, holder: Holder | None = None) -> None:
+        """Remove the blob `digest` (and from `holder`'s lease); InvalidArgument if
+        malformed, NotFound if absent.
 
         Readers that opened it already keep reading it to the end."""
         d = parse(digest)
         with self.db.transaction():
-            if self.db.execute("DELETE FROM content_blobs WHERE digest = ?",
-                               (str(d),)).rowcount == 0:
+            if not self.delete_records(d):
                 raise NotFound(f"content {d}")
-            self.db.execute("DELETE FROM content_labels WHERE digest = ?", (str(d),))
+            self.leases.release(holder, Resource(CONTENT, str(d)))
         _remove_file(self.blob_path(d))
+
+    def delete_records(self, d: Digest) -> bool:
+        """Delete the records of blob `d` inside the caller's transaction (False if
+        there were none); the caller unlinks :meth:`blob_path` after it."""
+        if self.db.execute("DELETE FROM content_blobs WHERE digest = ?",
+                           (str(d),)).rowcount == 0:
+            return False
+        self.db.execute("DELETE FROM content_labels WHERE digest = ?", (str(d),))
+        return True
+
+    def locked(self) -> set[str]:
+        """Refs a Write stream holds right now."""
+        return set(self._locks)
 
     # ------------------------------------------------------------------ ingests
 
@@ -217,20 +234,26 @@ class ContentStore:
         records = [self._ingest_record(row) for row in self.db.all(_INGEST + " ORDER BY ref")]
         return [r for r in records if flt.match(filters.object_adaptor({"ref": r.ref}))]
 
-    def abort(self, ref: str) -> None:
-        """Delete the ingest `ref` and its bytes; OK when there is none (spec §3.3,
-        as a backend). A Write stream holding the ref loses its lock: its data
-        file is unlinked, so its next message fails with NotFound."""
+    def abort(self, ref: str, holder: Holder | None = None) -> None:
+        """Delete the ingest `ref` and its bytes (and remove it from `holder`'s
+        lease); OK when there is none (spec §3.3, as a backend). A Write stream
+        holding the ref loses its lock: its data file is unlinked, so its next
+        message fails with NotFound."""
         _require_ref(ref)
         with self.db.transaction():
             self.db.execute("DELETE FROM content_ingests WHERE ref = ?", (ref,))
+            self.leases.release(holder, Resource(INGESTS, ref))
         self._locks.pop(ref, None)
         _remove_dir(self.ingest_dir(ref))
 
     # ------------------------------------------------------------------ the Write protocol
 
-    def begin_write(self, ref: str, total: int, expected: str) -> tuple[WriteLock, IngestRecord]:
+    def begin_write(self, ref: str, total: int, expected: str,
+                    holder: Holder | None = None) -> tuple[WriteLock, IngestRecord]:
         """Lock `ref` for one Write stream and create or resume its ingest (spec §3.4).
+        With `holder` (NotFound if its lease is missing), the ingest joins that
+        lease, and so does the blob it becomes; so does `expected` when it is
+        committed already.
 
         Unavailable while another stream holds the ref. AlreadyExists if
         `expected` is a committed blob (any ingest for the ref is removed). A
@@ -240,22 +263,27 @@ class ContentStore:
         the offset, and must hand the lock back with :meth:`end_write`.
         """
         _require_ref(ref)
+        self.leases.check(holder)
         held = self._locks.get(ref)
         if held is not None:
             age = (time.time_ns() - held.since_ns) / 1e9
             raise Unavailable(f"ref {ref} locked for {age:.3f}s (since {_go_time(held.since_ns)})")
         if expected and self._find(parse(expected)) is not None:
-            self.abort(ref)
+            with self.db.transaction():
+                self.leases.hold(holder, Resource(CONTENT, str(parse(expected))))
+            self.abort(ref, holder)
             raise AlreadyExists(f"blob with expected digest {expected} exists")
         now = time.time_ns()
         total = max(total, 0)
         rec = self._find_ingest(ref)
         self._create_data(ref, truncate=rec is None)
-        if rec is None:
+        if rec is None or holder is not None:
             with self.db.transaction():
-                self.db.execute(
-                    "INSERT INTO content_ingests (ref, started_ns, total, expected) "
-                    "VALUES (?,?,?,?)", (ref, now, total, expected))
+                if rec is None:
+                    self.db.execute(
+                        "INSERT INTO content_ingests (ref, started_ns, total, expected) "
+                        "VALUES (?,?,?,?)", (ref, now, total, expected))
+                self.leases.hold(holder, Resource(INGESTS, ref))
         elif total and rec.total and total != rec.total:
             # Truncated before the new total is recorded: a crash in between
             # leaves an empty ingest, never old bytes under a new total.
@@ -268,7 +296,7 @@ class ContentStore:
             with self.db.transaction():
                 self.db.execute("UPDATE content_ingests SET total = ? WHERE ref = ?",
                                 (total, ref))
-        lock = WriteLock(ref, now)
+        lock = WriteLock(ref, now, holder)
         self._locks[ref] = lock
         return lock, self.ingest(ref)
 
@@ -304,7 +332,9 @@ class ContentStore:
         if self._locks.get(ref) is not lock or self._find_ingest(ref) is None:
             raise NotFound(f"ingest ref {quote(ref)} was aborted")
         if self._find(d) is not None:
-            self.abort(ref)
+            with self.db.transaction():
+                self.leases.hold(lock.holder, Resource(CONTENT, str(d)))
+                self.abort(ref, lock.holder)
             raise AlreadyExists(f"content {d}")
         data = self.ingest_dir(ref) / DATA
         target = self.blob_path(d)
@@ -318,6 +348,8 @@ class ContentStore:
                     "VALUES (?,?,?,?)", (str(d), size, now, now))
                 self._set_labels(str(d), labels)
                 self.db.execute("DELETE FROM content_ingests WHERE ref = ?", (ref,))
+                self.leases.hold(lock.holder, Resource(CONTENT, str(d)))
+                self.leases.release(lock.holder, Resource(INGESTS, ref))
                 os.rename(data, target)
                 renamed = True
         except BaseException:

@@ -11,13 +11,14 @@ from __future__ import annotations
 import builtins
 import os
 import shutil
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from fusesnap import filters, labels
 from fusesnap.errors import FailedPrecondition
 from fusesnap.layerfs.tree import LayerTree, View
+from fusesnap.leases.store import Holder, LeaseStore
 from fusesnap.store.db import Database
 from fusesnap.store.metastore import Kind, MetaStore, SnapshotRecord
 
@@ -37,6 +38,7 @@ class Snapshotter:
     ) -> None:
         self.db = db
         self.meta = MetaStore(db)
+        self.leases = LeaseStore(db)
         self.tree = tree
         self.mountpoint = mountpoint
         self.owner = owner
@@ -65,20 +67,27 @@ class Snapshotter:
 
     # ------------------------------------------------------------------ the API
 
-    def _create(self, key: str, parent: str, kind: Kind, lbls: Mapping[str, str]) -> list[Mount]:
+    def _create(self, key: str, parent: str, kind: Kind, lbls: Mapping[str, str],
+                holder: Holder | None) -> list[Mount]:
         labels.validate(lbls)
         with self.db.transaction():
+            self.leases.check(holder)
             rec = self.meta.create(key, parent, kind, labels.clean(lbls))
             self.tree.create_layer(rec.id, None if parent else self.owner)
+            if holder is not None:
+                self.leases.hold(holder, holder.snapshot(key))
         return self._mounts(rec)
 
-    def prepare(self, key: str, parent: str, lbls: Mapping[str, str]) -> list[Mount]:
-        """A new active (writable) snapshot over committed `parent` ("" = empty)."""
-        return self._create(key, parent, Kind.ACTIVE, lbls)
+    def prepare(self, key: str, parent: str, lbls: Mapping[str, str],
+                holder: Holder | None = None) -> list[Mount]:
+        """A new active (writable) snapshot over committed `parent` ("" = empty);
+        with `holder`, it joins that lease."""
+        return self._create(key, parent, Kind.ACTIVE, lbls, holder)
 
-    def view(self, key: str, parent: str, lbls: Mapping[str, str]) -> list[Mount]:
-        """A new read-only view of committed `parent`."""
-        return self._create(key, parent, Kind.VIEW, lbls)
+    def view(self, key: str, parent: str, lbls: Mapping[str, str],
+             holder: Holder | None = None) -> list[Mount]:
+        """A new read-only view of committed `parent`; with `holder`, it joins that lease."""
+        return self._create(key, parent, Kind.VIEW, lbls, holder)
 
     def mounts(self, key: str) -> list[Mount]:
         rec = self.meta.get(key)
@@ -86,31 +95,55 @@ class Snapshotter:
             raise FailedPrecondition(f"snapshot {key} is not active or view")
         return self._mounts(rec)
 
-    def commit(self, name: str, key: str, lbls: Mapping[str, str], parent: str = "") -> None:
+    def commit(self, name: str, key: str, lbls: Mapping[str, str], parent: str = "",
+               holder: Holder | None = None) -> None:
         """Make active `key` the committed snapshot `name`; its layer is frozen.
+        With `holder`, `name` joins that lease and `key` leaves it.
 
         Labels are validated by the metastore, after the name and key checks.
         """
         with self.db.transaction():
+            self.leases.check(holder)
             rec = self.meta.find(key)
             view = self.view_of(rec.id) if rec is not None and rec.kind == Kind.ACTIVE else None
             if view is not None:
                 self.tree.flush(view)  # usage includes what open files wrote
             self.meta.commit(name, key, lbls, parent)
+            if holder is not None:
+                self.leases.hold(holder, holder.snapshot(name))
+                self.leases.release(holder, holder.snapshot(key))
         if view is not None:
             self.tree.seal(view)
 
-    def remove(self, key: str) -> None:
-        """Delete a snapshot of any kind and its layer; not one with children."""
+    def remove(self, key: str, holder: Holder | None = None) -> None:
+        """Delete a snapshot of any kind and its layer; not one with children.
+        With `holder`, `key` also leaves that lease."""
         with self.db.transaction():
-            rec = self.meta.remove(key)
-            self.tree.drop_layer_rows(rec.id)
-        view = self.tree.views.get(rec.id)
+            sid = self.remove_records(key)
+            if holder is not None:
+                self.leases.release(holder, holder.snapshot(key))
+        self.forget(sid)
+        self.tree.remove_layer_data(sid)
+
+    def remove_records(self, key: str) -> int:
+        """Delete the records of `key` inside the caller's transaction; its id.
+        The caller then calls :meth:`forget` and removes the layer's data."""
+        rec = self.meta.remove(key)
+        self.tree.drop_layer_rows(rec.id)
+        return rec.id
+
+    def forget(self, sid: int) -> None:
+        """Drop what is cached of removed snapshot `sid` (after its transaction)."""
+        view = self.tree.views.get(sid)
         if view is not None:
             self.tree.forget_view(view)
-        self.tree.remove_layer_data(rec.id)
         for callback in self.on_removed:
-            callback(rec.id)
+            callback(sid)
+
+    def layer_path(self, sid: int) -> Path:
+        """The data directory of layer `sid`; once its snapshot is gone and
+        forgotten, nothing else uses it (ids are never reused)."""
+        return self.tree.layers_dir / str(sid)
 
     def stat(self, key: str) -> SnapshotRecord:
         return self.meta.get(key)
@@ -147,9 +180,10 @@ class Snapshotter:
             rec = self.meta.get(key)
         return rec.size, rec.inodes
 
-    def cleanup(self) -> builtins.list[str]:
-        """Delete layer directories that no snapshot owns (left by a crash)."""
-        known = {str(sid) for sid, _ in self.meta.ids()}
+    def cleanup(self, keep: Collection[int] = ()) -> builtins.list[str]:
+        """Delete layer directories that no snapshot owns (left by a crash),
+        except those of `keep`."""
+        known = {str(sid) for sid, _ in self.meta.ids()} | {str(sid) for sid in keep}
         removed = []
         for entry in os.scandir(self.tree.layers_dir):
             if entry.name not in known:

@@ -127,6 +127,40 @@ CREATE TABLE IF NOT EXISTS content_ingests (
     total INTEGER NOT NULL,
     expected TEXT NOT NULL
 ) WITHOUT ROWID;
+
+-- Leases (fusesnap/leases), per namespace. Labels are a JSON object.
+CREATE TABLE IF NOT EXISTS leases (
+    namespace TEXT NOT NULL,
+    id TEXT NOT NULL,
+    created_ns INTEGER NOT NULL,
+    labels TEXT NOT NULL,
+    PRIMARY KEY (namespace, id)
+) WITHOUT ROWID;
+
+-- What a lease holds: `type` is content, ingests, images or snapshots/<name>;
+-- `id` a digest, ingest ref, image name or snapshot key. The object need not exist.
+CREATE TABLE IF NOT EXISTS lease_resources (
+    namespace TEXT NOT NULL,
+    lease TEXT NOT NULL,
+    type TEXT NOT NULL,
+    id TEXT NOT NULL,
+    PRIMARY KEY (namespace, lease, type, id)
+) WITHOUT ROWID;
+
+-- Image records (fusesnap/images), per namespace: name -> target descriptor.
+-- Labels and the target's annotations are JSON objects.
+CREATE TABLE IF NOT EXISTS images (
+    namespace TEXT NOT NULL,
+    name TEXT NOT NULL,
+    media_type TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    annotations TEXT NOT NULL,
+    labels TEXT NOT NULL,
+    created_ns INTEGER NOT NULL,
+    updated_ns INTEGER NOT NULL,
+    PRIMARY KEY (namespace, name)
+) WITHOUT ROWID;
 """
 
 

@@ -1,0 +1,167 @@
+"""`fusesnap images …`: the Images API from the shell, in the style of
+`ctr images` (spec §5). Images live in the namespace of the global
+``--namespace/-n`` option.
+
+    fusesnap images ls [FILTER…]              NAME TYPE DIGEST SIZE AGE LABELS
+    fusesnap images get NAME
+    fusesnap images create NAME --digest D --size N --media-type T
+                           [--label k=v…] [--annotation k=v…]
+    fusesnap images label NAME k=v…           `k=` removes label k
+    fusesnap images rm NAME… [--sync]         `--sync` returns after a garbage collection
+
+An image is a record only: `create` neither checks nor fetches its target.
+SIZE is the size of the target descriptor (a manifest or an index), not of
+the image's layers as `ctr images ls` computes it. With the global
+``--lease``, an image labelled ``containerd.io/gc.expire`` joins that lease.
+
+JSON shape (``--json``): an image is ``{"name", "target": {"media_type",
+"digest", "size", "annotations"}, "labels", "created_at", "updated_at"}``
+(size in bytes, RFC 3339 UTC times).
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import grpc
+
+from fusesnap.cli import add_socket_option, client
+from fusesnap.cli.content import age, labels_text
+from fusesnap.pb import descriptor_pb2
+from fusesnap.pb import images_pb2 as ipb
+from fusesnap.pb.images_pb2_grpc import ImagesStub
+
+_COLUMNS = ["name", "type", "digest", "size", "age", "labels"]
+
+
+def image_json(image: ipb.Image) -> dict[str, Any]:
+    target = image.target
+    return {
+        "name": image.name,
+        "target": {
+            "media_type": target.media_type,
+            "digest": target.digest,
+            "size": target.size,
+            "annotations": dict(target.annotations),
+        },
+        "labels": dict(image.labels),
+        "created_at": client.rfc3339(image.created_at),
+        "updated_at": client.rfc3339(image.updated_at),
+    }
+
+
+def _row(image: ipb.Image) -> tuple[str, ...]:
+    return (image.name, image.target.media_type, image.target.digest,
+            client.human_size(image.target.size), age(image.created_at),
+            labels_text(dict(image.labels)))
+
+
+def _show(args: argparse.Namespace, images: list[ipb.Image]) -> None:
+    if args.json:
+        client.print_json([image_json(i) for i in images])
+    else:
+        client.print_table(_COLUMNS, [_row(i) for i in images])
+
+
+def _ls(args: argparse.Namespace, stub: ImagesStub) -> None:
+    images = list(stub.List(ipb.ListImagesRequest(filters=args.filters)).images)
+    if args.quiet:
+        for image in images:
+            print(image.name)
+    else:
+        _show(args, images)
+
+
+def _get(args: argparse.Namespace, stub: ImagesStub) -> None:
+    image = stub.Get(ipb.GetImageRequest(name=args.name)).image
+    if args.json:
+        client.print_json(image_json(image))
+    else:
+        _show(args, [image])
+
+
+def _create(args: argparse.Namespace, stub: ImagesStub) -> None:
+    target = descriptor_pb2.Descriptor(media_type=args.media_type, digest=args.digest,
+                                       size=args.size,
+                                       annotations=client.labels_of(args.annotation))
+    image = stub.Create(ipb.CreateImageRequest(image=ipb.Image(
+        name=args.name, target=target, labels=client.labels_of(args.label)))).image
+    if args.json:
+        client.print_json(image_json(image))
+    else:
+        _show(args, [image])
+
+
+def _label(args: argparse.Namespace, stub: ImagesStub) -> None:
+    wanted = client.labels_of(args.labels)
+    image = stub.Update(ipb.UpdateImageRequest(
+        image=ipb.Image(name=args.name, labels={k: v for k, v in wanted.items() if v}),
+        update_mask={"paths": [f"labels.{k}" for k in wanted]})).image
+    if args.json:
+        client.print_json(dict(image.labels))
+    else:
+        client.print_labels(image.labels)
+
+
+def _rm(args: argparse.Namespace, stub: ImagesStub) -> None:
+    for name in args.names:
+        try:
+            stub.Delete(ipb.DeleteImageRequest(name=name, sync=args.sync))
+        except grpc.RpcError as err:
+            if client.is_connect_failure(err):
+                raise
+            raise client.CommandError(f"rm {name}: {client.describe(err)}") from err
+
+
+# ---------------------------------------------------------------------- parser
+
+
+def _positive_size(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a size in bytes > 0, got {text!r}")
+    return value
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    group = sub.add_parser("images", aliases=["image"],
+                           help="manage images (like `ctr images`)",
+                           description="Image records (name -> target descriptor) of the "
+                                       "fusesnap daemon, per namespace.")
+    add_socket_option(group)
+    command = client.subcommands(group, "images_command", ImagesStub)
+
+    p = command("ls", _ls, "list images (filters are OR-ed, e.g. name~=^docker.io/)",
+                aliases=["list"], json=True)
+    p.add_argument("-q", "--quiet", action="store_true", help="print only the names")
+    p.add_argument("filters", metavar="FILTER", nargs="*")
+
+    p = command("get", _get, "show one image", json=True)
+    p.add_argument("name", metavar="NAME")
+
+    p = command("create", _create, "record an image pointing at a target descriptor",
+                json=True)
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--digest", required=True, metavar="DIGEST", help="target digest")
+    p.add_argument("--size", required=True, type=_positive_size, metavar="N",
+                   help="target size in bytes")
+    p.add_argument("--media-type", required=True, metavar="TYPE", help="target media type")
+    p.add_argument("--label", action="append", type=client.label_arg, default=[],
+                   metavar="KEY=VALUE", help="image label (repeatable)")
+    p.add_argument("--annotation", action="append", type=client.label_arg, default=[],
+                   metavar="KEY=VALUE", help="target annotation (repeatable)")
+
+    p = command("label", _label, "set labels (KEY= removes one) and print the result",
+                json=True)
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("labels", metavar="KEY=VALUE", nargs="+", type=client.label_arg)
+
+    p = command("rm", _rm, "delete images, stopping at the first failure",
+                aliases=["remove", "delete"])
+    p.add_argument("names", metavar="NAME", nargs="+")
+    p.add_argument("--sync", action="store_true",
+                   help="return after the garbage collection that follows")

@@ -1,0 +1,1 @@
+"""Leases and garbage collection (spec §4, §8)."""
