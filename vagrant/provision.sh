@@ -10,7 +10,8 @@ python=${PYTHON:-python3}
 
 # Debian packages the daemon and its test suite need.
 packages=(fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv attr
-          golang-github-containerd-containerd-dev containerd)
+          golang-github-containerd-containerd-dev containerd
+          runc umoci busybox-static)
 
 missing=()
 for p in "${packages[@]}"; do
@@ -38,6 +39,6 @@ fi
 stamp="$venv/.fusesnap-installed"
 if [ ! -f "$stamp" ] || [ "$repo/pyproject.toml" -nt "$stamp" ]; then
     "$venv/bin/pip" install -q --upgrade pip
-    "$venv/bin/pip" install -q -e "$repo[test]"
+    "$venv/bin/pip" install -q -e "${repo}[test]"
     touch "$stamp"
 fi

@@ -1,0 +1,236 @@
+"""A private containerd that uses fusesnap as its snapshotter and content store.
+
+:class:`Containerd` runs Debian's ``/usr/bin/containerd`` (1.6) on a root, state
+directory and socket of its own, with a version 2 config that declares one
+fusesnap socket both as a ``snapshot`` proxy plugin (``fusesnap``) and as a
+``content`` proxy plugin (``fusesnap-content``) and disables the built-in
+content store, as spec §9.1 says; CRI and every plugin that needs a network or
+a special filesystem are disabled. :meth:`Containerd.ctr` runs ``ctr`` against
+it. :meth:`Containerd.stop` leaves nothing behind: tasks, shims, runc
+containers, shim sockets and mounts under its directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+CONTAINERD = "/usr/bin/containerd"
+TOOLS = ("containerd", "ctr", "containerd-shim-runc-v2", "runc", "umoci")
+NAMESPACE = "test"
+SNAPSHOTTER = "fusesnap"
+CONTENT_PLUGIN = "fusesnap-content"
+START_TIMEOUT = 30.0
+SHIM_SOCKETS = Path("/run/containerd/s")  # fixed in containerd 1.6 (runtime/v2/shim)
+
+DISABLED = [
+    "io.containerd.content.v1.content",  # spec §9.1: our proxy must be the only content store
+    "io.containerd.grpc.v1.cri",
+    "io.containerd.snapshotter.v1.aufs",
+    "io.containerd.snapshotter.v1.btrfs",
+    "io.containerd.snapshotter.v1.devmapper",
+    "io.containerd.snapshotter.v1.zfs",
+    "io.containerd.tracing.processor.v1.otlp",
+    "io.containerd.internal.v1.tracing",
+]
+
+
+def unavailable() -> str | None:
+    """None if a private containerd can run here, else why not."""
+    if os.geteuid() != 0:
+        return "containerd tests need root (containerd, runc and bind mounts)"
+    missing = [t for t in TOOLS if shutil.which(t) is None]
+    if missing:
+        return f"missing {', '.join(missing)} (./vagrant/provision.sh installs them)"
+    return None
+
+
+class CtrError(AssertionError):
+    """A failed `ctr`, with containerd's last error and warning lines."""
+
+    def __init__(self, proc: subprocess.CompletedProcess[str], log: str) -> None:
+        problems = [line for line in log.splitlines()
+                    if "level=error" in line or "level=warning" in line][-10:]
+        super().__init__(f"{' '.join(proc.args)} exited with {proc.returncode}\n"
+                         f"stdout: {proc.stdout}\nstderr: {proc.stderr}\n"
+                         "containerd log:\n" + "\n".join(problems))
+        self.proc = proc
+
+
+class Containerd:
+    """One containerd process on `base` (its root, state, socket, config, log)."""
+
+    def __init__(self, base: Path, fusesnap_socket: Path, namespace: str = NAMESPACE) -> None:
+        self.base = base
+        self.fusesnap_socket = fusesnap_socket
+        self.namespace = namespace
+        self.root = base / "root"
+        self.state = base / "state"
+        self.runc_root = base / "runc"
+        self.socket = base / "containerd.sock"
+        self.config = base / "config.toml"
+        self.log = base / "containerd.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def config_text(self) -> str:
+        disabled = ", ".join(f'"{p}"' for p in DISABLED)
+        return f"""\
+version = 2
+root = "{self.root}"
+state = "{self.state}"
+disabled_plugins = [{disabled}]
+
+[grpc]
+  address = "{self.socket}"
+
+[ttrpc]
+  address = "{self.socket}.ttrpc"
+
+[debug]
+  address = ""
+  level = "debug"
+
+[metrics]
+  address = ""
+
+# The default (0.02) schedules a collection 49 collection-times after the last
+# one, seconds after a deletion; 0.5 makes it follow deletions at once.
+[plugins."io.containerd.gc.v1.scheduler"]
+  pause_threshold = 0.5
+
+[proxy_plugins]
+  [proxy_plugins.{SNAPSHOTTER}]
+    type = "snapshot"
+    address = "{self.fusesnap_socket}"
+  [proxy_plugins.{CONTENT_PLUGIN}]
+    type = "content"
+    address = "{self.fusesnap_socket}"
+"""
+
+    def start(self) -> Containerd:
+        for d in (self.root, self.state, self.runc_root):
+            d.mkdir(parents=True, exist_ok=True)
+        self.config.write_text(self.config_text())
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen([CONTAINERD, "--config", str(self.config)],
+                                         stdout=log, stderr=log, start_new_session=True)
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"containerd exited with {self.proc.returncode}:\n"
+                                   f"{self.logs()[-4000:]}")
+            if self.socket.exists() and self.ctr("version", check=False, timeout=5).returncode == 0:
+                return self
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"containerd did not start:\n{self.logs()[-4000:]}")
+            time.sleep(0.1)
+
+    def logs(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def ctr(self, *args: str, check: bool = True, timeout: float = 60,
+            input: str | None = None) -> subprocess.CompletedProcess[str]:
+        """`ctr --address SOCKET -n NAMESPACE ARGS…`; raises CtrError on failure if `check`."""
+        proc = subprocess.run(["ctr", "--address", str(self.socket), "-n", self.namespace, *args],
+                              capture_output=True, text=True, timeout=timeout, input=input)
+        if check and proc.returncode != 0:
+            raise CtrError(proc, self.logs())
+        return proc
+
+    def run(self, image: str, cid: str, *command: str, options: tuple[str, ...] = (),
+            rm: bool = True, timeout: float = 60,
+            check: bool = True) -> subprocess.CompletedProcess[str]:
+        """`ctr run [OPTIONS] IMAGE CID COMMAND…` on fusesnap, runc's state kept under `base`;
+        with `rm`, the container and its snapshot are removed when it exits."""
+        return self.ctr("run", *(["--rm"] if rm else []), "--snapshotter", SNAPSHOTTER,
+                        "--runc-root", str(self.runc_root), *options, image, cid, *command,
+                        timeout=timeout, check=check)
+
+    # ------------------------------------------------------------------ teardown
+
+    def stop(self) -> None:
+        """Stop containerd and remove everything its containers left behind;
+        safe to call on a half-started or already stopped instance."""
+        if self.proc is not None and self.proc.poll() is None:
+            self._remove_containers()
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        for pid in self._shims():
+            _kill(pid)
+        self._remove_runc_containers()
+        for cid in self._task_ids():
+            sock = hashlib.sha256(f"{self.socket}/{self.namespace}/{cid}".encode()).hexdigest()
+            (SHIM_SOCKETS / sock).unlink(missing_ok=True)
+        self._unmount_all()
+
+    def _remove_containers(self) -> None:
+        try:
+            for tid in self.ctr("tasks", "ls", "-q", check=False, timeout=10).stdout.split():
+                self.ctr("tasks", "kill", "-a", "-s", "SIGKILL", tid, check=False, timeout=10)
+                self.ctr("tasks", "rm", "-f", tid, check=False, timeout=20)
+            for cid in self.ctr("containers", "ls", "-q", check=False, timeout=10).stdout.split():
+                self.ctr("containers", "rm", cid, check=False, timeout=20)
+        except subprocess.TimeoutExpired:
+            pass  # what is left is killed below
+
+    def _shims(self) -> list[int]:
+        """Pids of the shims this containerd started (they outlive it by design)."""
+        pids = []
+        needle = f"-address\0{self.socket}\0".encode()
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"containerd-shim" in cmdline and needle in cmdline:
+                pids.append(int(entry.name))
+        return pids
+
+    def _remove_runc_containers(self) -> None:
+        if not self.runc_root.exists():
+            return
+        for ns_root in self.runc_root.iterdir():
+            runc = ["runc", "--root", str(ns_root)]
+            listed = subprocess.run([*runc, "list", "-q"], capture_output=True, text=True,
+                                    timeout=10)
+            for cid in listed.stdout.split():
+                subprocess.run([*runc, "kill", cid, "KILL"], capture_output=True, timeout=10)
+                subprocess.run([*runc, "delete", "-f", cid], capture_output=True, timeout=20)
+
+    def _task_ids(self) -> list[str]:
+        tasks = self.state / "io.containerd.runtime.v2.task" / self.namespace
+        return [p.name for p in tasks.iterdir()] if tasks.is_dir() else []
+
+    def _unmount_all(self) -> None:
+        """Lazily unmount every mount at or under `base`, deepest first."""
+        for target in sorted(_mounts_under(self.base), key=len, reverse=True):
+            subprocess.run(["umount", "-l", target], capture_output=True, timeout=10)
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _mounts_under(base: Path) -> list[str]:
+    prefix = str(base.resolve())
+    targets = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            target = line.split()[4].replace("\\040", " ")
+            if target == prefix or target.startswith(prefix + "/"):
+                targets.append(target)
+    return targets
