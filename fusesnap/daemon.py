@@ -23,6 +23,7 @@ from fusesnap.content.store import ContentStore
 from fusesnap.layerfs.ops import LayerFS
 from fusesnap.layerfs.tree import LayerTree
 from fusesnap.leases.gc import Collector
+from fusesnap.malloc import reuse_megabyte_buffers
 from fusesnap.snapshots.snapshotter import Snapshotter
 from fusesnap.store.db import Database
 
@@ -112,6 +113,7 @@ async def serve(config: Config) -> None:
     """Serve until SIGTERM or SIGINT, then stop cleanly."""
     config.root.mkdir(parents=True, exist_ok=True)
     lock = _lock_root(config.root)
+    reuse_megabyte_buffers()
     db = Database(config.root / "metadata.db")
     try:
         tree = LayerTree(db, config.root / "layers")

@@ -19,6 +19,13 @@ from fusesnap.pb import snapshots_pb2_grpc
 
 START_TIMEOUT = 30.0
 
+PROXY = ("--role", "proxy")
+"""`fusesnap serve` arguments for the role containerd uses: fusesnap never
+collects garbage. Suites about snapshot, content and filesystem behaviour
+whose objects are on no lease run this way; in the direct role (the default)
+the collection that follows any deletion would remove those objects, as
+containerd's would (tests/test_gc.py covers that role)."""
+
 
 def fuse_usable() -> str | None:
     """None if this process can mount FUSE, else what is missing."""
@@ -114,6 +121,20 @@ def _stale(path: Path) -> bool:
     except OSError as e:
         return e.errno == 107  # ENOTCONN
     return False
+
+
+def module_daemon(factory: pytest.TempPathFactory, name: str,
+                  args: tuple[str, ...] = ()) -> Iterator[Daemon]:
+    """Body of a module-scoped fixture: one running daemon shared by a module's
+    tests (`yield from module_daemon(tmp_path_factory, "name", args)`)."""
+    missing = fuse_usable()
+    if missing:
+        pytest.skip(f"FUSE unavailable: {missing}")
+    d = Daemon(factory.mktemp(name) / "root", args=args)
+    try:
+        yield d.start()
+    finally:
+        d.cleanup()
 
 
 @pytest.fixture

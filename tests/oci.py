@@ -17,6 +17,8 @@ import hashlib
 import io
 import json
 import platform
+import struct
+import subprocess
 import tarfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -72,7 +74,9 @@ class Symlink:
 
 @dataclass(frozen=True)
 class HardLink:
-    """A second name for `target`, a file written earlier in the same layer."""
+    """A second name for `target`, a file written earlier in the same layer.
+    Its header repeats the file's mode and owner, as tar writers do: appliers
+    (containerd's among them) chown and chmod the link, that is the file."""
     path: str
     target: str
 
@@ -148,6 +152,7 @@ def _info(name: str, kind: bytes, mode: int = 0o644, uid: int = 0, gid: int = 0)
 def layer_tar(entries: Sequence[Entry]) -> bytes:
     """The uncompressed tar of one layer, entries in the given order."""
     buf = io.BytesIO()
+    files: dict[str, File] = {}
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for e in entries:
             data: bytes | None = None
@@ -156,6 +161,7 @@ def layer_tar(entries: Sequence[Entry]) -> bytes:
                 info.size = len(e.content)
                 info.pax_headers = _pax(e.xattrs)
                 data = e.content
+                files[info.name] = e
             elif isinstance(e, Dir):
                 info = _info(_name(e.path), tarfile.DIRTYPE, e.mode, e.uid, e.gid)
                 info.pax_headers = _pax(e.xattrs)
@@ -163,7 +169,8 @@ def layer_tar(entries: Sequence[Entry]) -> bytes:
                 info = _info(_name(e.path), tarfile.SYMTYPE, 0o777, e.uid, e.gid)
                 info.linkname = e.target
             elif isinstance(e, HardLink):
-                info = _info(_name(e.path), tarfile.LNKTYPE)
+                f = files[_name(e.target)]
+                info = _info(_name(e.path), tarfile.LNKTYPE, f.mode, f.uid, f.gid)
                 info.linkname = _name(e.target)
             elif isinstance(e, Fifo):
                 info = _info(_name(e.path), tarfile.FIFOTYPE, e.mode, e.uid, e.gid)
@@ -303,3 +310,164 @@ def busybox_layer(applets: Sequence[str] = APPLETS, gzip: bool = True) -> Layer:
 def busybox_image(name: str = "fusesnap.test/busybox:1") -> Image:
     """The small image: one busybox layer."""
     return Image(name, [busybox_layer()])
+
+
+BIG_SIZE = 100 * 2**20
+
+
+def big_content(size: int = BIG_SIZE) -> bytes:
+    """`size` bytes of a repeated 4099-byte pattern: cheap, deterministic, and
+    misaligned with every page and block size."""
+    unit = bytes(range(256)) * 16 + b"end"
+    return (unit * (size // len(unit) + 1))[:size]
+
+
+def capability(*caps: int) -> bytes:
+    """A security.capability value (VFS_CAP_REVISION_2, effective) permitting `caps`."""
+    permitted = sum(1 << c for c in caps)
+    return struct.pack("<5I", 0x02000000 | 0x1, permitted & 0xFFFFFFFF, 0, permitted >> 32, 0)
+
+
+CAP_NET_BIND_SERVICE = 10
+CAP_NET_RAW = 13
+
+
+def rich_image(name: str = "fusesnap.test/rich:1") -> Image:
+    """The busybox layer and nine layers that overwrite, delete (files,
+    directories, a symlink), turn a directory into a file and a file into a
+    directory, make a directory opaque, recreate a deleted directory, change
+    modes and owners only, add hard links (and break one later), symlinks,
+    setuid/setgid files, a fifo, `user.*` and `security.capability` xattrs,
+    empty directories and a 100 MB file (an uncompressed layer: gzip of 100 MB
+    in Python would take seconds)."""
+    d = "data"
+    return Image(name, [
+        busybox_layer(),
+        Layer([  # 1: what later layers change
+            Dir(d),
+            File(f"{d}/over", b"first\n"),
+            File(f"{d}/del", b"deleted later\n"),
+            Dir(f"{d}/deldir"), Dir(f"{d}/deldir/sub"), File(f"{d}/deldir/sub/f", b"gone\n"),
+            Dir(f"{d}/d2f"), File(f"{d}/d2f/x", b"in a directory that becomes a file\n"),
+            File(f"{d}/f2d", b"a file that becomes a directory\n"),
+            Dir(f"{d}/opq"), File(f"{d}/opq/a", b"hidden by opaque\n"),
+            Dir(f"{d}/opq/sub"), File(f"{d}/opq/sub/b", b"hidden too\n"),
+            File(f"{d}/chmod", b"metadata changes only\n", 0o644),
+            Dir(f"{d}/recreate"), File(f"{d}/recreate/old", b"must not come back\n"),
+            Dir(f"{d}/partial"), File(f"{d}/partial/keep", b"kept\n"),
+            File(f"{d}/partial/gone", b"deleted\n"),
+            Dir(f"{d}/owned", 0o750, 1000, 2000),
+            File(f"{d}/owned/f", b"owned\n", 0o640, 1234, 5678),
+        ]),
+        Layer([  # 2: overwrite, whiteouts, metadata-only change (uncompressed)
+            File(f"{d}/over", b"second, longer than the first\n", 0o600, 1000, 1000),
+            Whiteout(f"{d}/del"),
+            Whiteout(f"{d}/deldir"),
+            Whiteout(f"{d}/partial/gone"),
+            File(f"{d}/chmod", b"metadata changes only\n", 0o755, 1000, 1000),
+        ], gzip=False),
+        Layer([  # 3: directory -> file, file -> directory
+            File(f"{d}/d2f", b"now a file\n"),
+            Dir(f"{d}/f2d", 0o700), File(f"{d}/f2d/inside", b"now a directory\n"),
+        ]),
+        Layer([  # 4: opaque directory; delete a directory that layer 5 recreates
+            Dir(f"{d}/opq", 0o711), Opaque(f"{d}/opq"), File(f"{d}/opq/c", b"after opaque\n"),
+            Whiteout(f"{d}/recreate"),
+        ]),
+        Layer([  # 5: recreated directory, hard links, symlinks, setuid, setgid, sticky
+            Dir(f"{d}/recreate", 0o770), File(f"{d}/recreate/new", b"new\n"),
+            Dir(f"{d}/links"),
+            File(f"{d}/links/orig", b"three names\n", 0o640, 1000, 1000),
+            HardLink(f"{d}/links/hl1", f"{d}/links/orig"),
+            HardLink(f"{d}/links/hl2", f"{d}/links/orig"),
+            Symlink(f"{d}/links/rel", "orig"),
+            Symlink(f"{d}/links/abs", f"/{d}/links/orig"),
+            Symlink(f"{d}/links/dangling", "nowhere"),
+            Symlink(f"{d}/links/dirlink", "../opq", 1000, 1000),
+            Dir("usr"), Dir("usr/local"), Dir("usr/local/bin"),
+            File("usr/local/bin/suid", b"#!/bin/sh\necho setuid\n", 0o4755),
+            File("usr/local/bin/sgid", b"#!/bin/sh\necho setgid\n", 0o2755, 0, 50),
+            Dir(f"{d}/sticky", 0o1777),
+        ]),
+        Layer([  # 6: fifo, xattrs, empty directories
+            Fifo(f"{d}/fifo", 0o640, 1000, 1000),
+            Dir(f"{d}/xattr"),
+            File(f"{d}/xattr/user", b"user xattrs\n",
+                 xattrs={"user.comment": b"hello", "user.binary": b"\x00\x01\xfe\xff"}),
+            File(f"{d}/xattr/cap", b"#!/bin/sh\n", 0o755,
+                 xattrs={"security.capability": capability(CAP_NET_BIND_SERVICE)}),
+            File(f"{d}/xattr/dropped", b"xattr dropped later\n", xattrs={"user.old": b"1"}),
+            Dir(f"{d}/xattr/dir", xattrs={"user.dir": b"on a directory"}),
+            Dir(f"{d}/empty"),
+            Dir(f"{d}/empty2", 0o700), Dir(f"{d}/empty2/deeper"),
+        ]),
+        Layer([  # 7: 100 MB (uncompressed)
+            File(f"{d}/big", big_content()),
+        ], gzip=False),
+        Layer([  # 8: break one hard link, rewrite without xattr, delete a symlink
+            File(f"{d}/links/hl1", b"replaced: one name\n"),
+            File(f"{d}/xattr/dropped", b"rewritten without xattr\n"),
+            Whiteout(f"{d}/links/dangling"),
+            File(f"{d}/xattr/cap", b"#!/bin/sh\n", 0o755,
+                 xattrs={"security.capability": capability(CAP_NET_BIND_SERVICE, CAP_NET_RAW)}),
+        ]),
+        Layer([  # 9: change an xattr's value on a directory; file where a whiteout was
+            Dir(f"{d}/xattr/dir", xattrs={"user.dir": b"changed"}),
+            File(f"{d}/del", b"back as a new file\n", 0o444, 7, 7),
+        ]),
+    ])
+
+
+MANY = 61
+
+
+def many_layers_image(name: str = "fusesnap.test/many:1", count: int = MANY) -> Image:
+    """The busybox layer and `count` small layers over /many: each adds a file,
+    rewrites a counter (changing its mode and owner now and then) and deletes a
+    file of three layers before; every 7th adds a directory and deletes the one
+    of 7 layers before, every 9th repoints a symlink, every 10th makes a
+    directory opaque, every 13th adds a hard link."""
+    layers = [busybox_layer()]
+    for i in range(1, count + 1):
+        m = "many"
+        entries: list[Entry] = [
+            Dir(m),
+            File(f"{m}/f{i:02}", f"layer {i}\n".encode()),
+            File(f"{m}/counter", f"{i}\n".encode(), 0o600 if i % 6 == 0 else 0o644,
+                 i % 4, i % 3),
+        ]
+        if i > 3 and (i - 3) % 5:
+            entries.append(Whiteout(f"{m}/f{i - 3:02}"))
+        if i % 7 == 0:
+            entries += [Dir(f"{m}/d{i:02}"), File(f"{m}/d{i:02}/x", f"dir {i}\n".encode())]
+            if i > 7:
+                entries.append(Whiteout(f"{m}/d{i - 7:02}"))
+        if i % 9 == 0:
+            entries.append(Symlink(f"{m}/latest", f"f{i:02}"))
+        if i % 10 == 0:
+            entries += [Dir(f"{m}/opq"), Opaque(f"{m}/opq"),
+                        File(f"{m}/opq/from{i:02}", b"opaque\n")]
+        elif i % 10 == 5:
+            entries += [Dir(f"{m}/opq"), File(f"{m}/opq/x{i:02}", b"hidden at the next tenth\n")]
+        if i % 13 == 0:
+            entries.append(HardLink(f"{m}/hl{i:02}", f"{m}/f{i:02}"))
+        layers.append(Layer(entries, gzip=i % 2 == 0))
+    return Image(name, layers)
+
+
+# --------------------------------------------------------------------------- umoci
+
+
+def umoci_unpack(archive: Path, work: Path) -> Path:
+    """The root filesystem `umoci unpack` makes of the image in `archive` (a
+    tar of an OCI layout holding one image), under `work`."""
+    layout, bundle = work / "layout", work / "bundle"
+    layout.mkdir(parents=True)
+    subprocess.run(["tar", "-xf", str(archive), "-C", str(layout)], check=True)
+    # umoci tags cannot hold a registry name: tag the one manifest "test".
+    index = json.loads((layout / "index.json").read_text())
+    index["manifests"][0]["annotations"][REF_NAME] = "test"
+    (layout / "index.json").write_text(json.dumps(index))
+    subprocess.run(["umoci", "--log", "error", "unpack", "--image", f"{layout}:test",
+                    str(bundle)], check=True, capture_output=True)
+    return bundle / "rootfs"

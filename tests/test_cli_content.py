@@ -17,7 +17,7 @@ import pytest
 
 from fusesnap.pb import content_pb2 as cpb
 from fusesnap.pb.content_pb2_grpc import ContentStub
-from tests.conftest import Daemon, fuse_usable
+from tests.conftest import PROXY, Daemon, module_daemon
 from tests.content_client import (
     STAT,
     WRITE,
@@ -37,14 +37,7 @@ COMMAND = [FUSESNAP] if FUSESNAP else [sys.executable, "-m", "fusesnap"]
 
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    missing = fuse_usable()
-    if missing:
-        pytest.skip(f"FUSE unavailable: {missing}")
-    d = Daemon(tmp_path_factory.mktemp("cli-content") / "root")
-    try:
-        yield d.start()
-    finally:
-        d.cleanup()
+    yield from module_daemon(tmp_path_factory, "cli-content", args=PROXY)
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ from fusesnap.pb import images_pb2 as ipb
 from fusesnap.pb import leases_pb2 as lpb
 from fusesnap.pb.images_pb2_grpc import ImagesStub
 from fusesnap.pb.leases_pb2_grpc import LeasesStub
-from tests.conftest import Daemon, fuse_usable
+from tests.conftest import Daemon, module_daemon
 
 RFC3339_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
 FUSESNAP = shutil.which("fusesnap", path=str(Path(sys.executable).parent))
@@ -36,14 +36,7 @@ MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    missing = fuse_usable()
-    if missing:
-        pytest.skip(f"FUSE unavailable: {missing}")
-    d = Daemon(tmp_path_factory.mktemp("cli-images") / "root")
-    try:
-        yield d.start()
-    finally:
-        d.cleanup()
+    yield from module_daemon(tmp_path_factory, "cli-images")
 
 
 _serial = itertools.count(1)

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import stat
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import grpc
@@ -26,6 +28,7 @@ from tests.conftest import Daemon, fuse_usable
 from tests.containerd_env import SNAPSHOTTER, Containerd, unavailable
 
 GC_TIMEOUT = 15.0
+GC_ROOT = "containerd.io/gc.root"
 
 # --------------------------------------------------------------------------- fixtures
 
@@ -58,8 +61,26 @@ class Env:
 
     def import_(self, image: oci.Image) -> oci.Built:
         built = oci.write_archive(image, self.archives / f"{image.name.replace('/', '_')}.tar")
-        self.ctr("images", "import", "--snapshotter", SNAPSHOTTER, str(built.path))
+        self.containerd.ctr("images", "import", "--snapshotter", SNAPSHOTTER, str(built.path),
+                            timeout=120)
         return built
+
+    def snapshots_ctr(self, *args: str) -> str:
+        """The output of `ctr snapshots --snapshotter fusesnap ARGS…`."""
+        return self.ctr("snapshots", "--snapshotter", SNAPSHOTTER, *args)
+
+    def view(self, key: str, parent: str) -> Path:
+        """`ctr snapshots view KEY PARENT`, kept from containerd's collector by a
+        root label, as the directory its bind mount names. Nothing references
+        a view made with ctr: a collection between view and label takes it, so
+        retry."""
+        for _ in range(3):
+            mounts = json.loads(self.snapshots_ctr("view", "--mounts", key, parent))
+            if self.containerd.ctr("snapshots", "--snapshotter", SNAPSHOTTER, "label", key,
+                                   f"{GC_ROOT}=test", check=False).returncode == 0:
+                assert [(m["Type"], m["Options"]) for m in mounts] == [("bind", ["rbind", "ro"])]
+                return Path(mounts[0]["Source"])
+        raise AssertionError(f"view {key} was collected three times")
 
 
 @pytest.fixture(scope="module")
@@ -121,14 +142,13 @@ def test_import_unpacks_layers_into_fusesnap_snapshots(env: Env, busybox: oci.Bu
 def test_unpacked_layer_holds_the_image_files(env: Env, busybox: oci.Built) -> None:
     # A view made through containerd (one made on fusesnap directly would be
     # fair game for containerd's collector), read in fusesnap's own directory.
-    env.ctr("snapshots", "--snapshotter", SNAPSHOTTER, "view", "test-layer-view",
-            busybox.chain_ids[0])
+    view = env.view("test-layer-view", busybox.chain_ids[0])
     try:
         backend = env.snapshot_of("test-layer-view")
         assert backend.kind == spb.VIEW
         mounts = env.fusesnap.snapshots.Mounts(spb.MountsRequest(key=backend.name)).mounts
-        assert [(m.type, list(m.options)) for m in mounts] == [("bind", ["rbind", "ro"])]
-        view = Path(mounts[0].source)
+        assert [(m.type, m.source, list(m.options)) for m in mounts] == \
+            [("bind", str(view), ["rbind", "ro"])]
         assert sha256((view / "bin/busybox").read_bytes()) == sha256(oci.BUSYBOX.read_bytes())
         assert (view / "bin/sh").readlink() == Path("busybox")
         assert (view / "tmp").stat().st_mode & 0o7777 == 0o1777
@@ -196,9 +216,13 @@ def test_non_root_user_is_refused_writes_the_modes_forbid(env: Env, busybox: oci
         busybox.name, "run-user", "su", "user", "-s", "/bin/sh", "-c",
         "id -u; echo x >> /etc/passwd || echo denied-passwd; "
         "touch /bin/new || echo denied-bin; "
+        "rm /bin/ls || echo denied-rm; "
+        "chmod 666 /etc/passwd || echo denied-chmod; "
+        "ls /root || echo denied-root; "
         "echo mine > /home/user/f && cat /home/user/f; "
         "echo tmp > /tmp/f && stat -c '%u %g' /tmp/f", check=False)
-    assert out.stdout.splitlines() == ["1000", "denied-passwd", "denied-bin", "mine",
+    assert out.stdout.splitlines() == ["1000", "denied-passwd", "denied-bin", "denied-rm",
+                                       "denied-chmod", "denied-root", "mine",
                                        "1000 1000"], out.stderr
 
 
@@ -279,6 +303,313 @@ def test_ctr_snapshots_usage_is_fusesnaps_usage(env: Env, busybox: oci.Built) ->
     assert int(inodes) == usage.inodes
     assert usage.size >= oci.BUSYBOX.stat().st_size
     assert (size, unit) == (f"{usage.size / 2**20:.1f}", "MiB")
+
+
+def test_ctr_snapshots_label_usage_info_ls_of_a_container_snapshot(env: Env,
+                                                                    busybox: oci.Built) -> None:
+    cid = "snap-label"
+    inherited = "containerd.io/snapshot/fusesnap.test"  # spec §9.3: passed down
+    try:
+        env.containerd.run(busybox.name, cid, "sh", "-c",
+                           "dd if=/dev/zero of=/blob bs=1000 count=100 2>/dev/null; "
+                           "mkdir /dir; echo x > /dir/f", rm=False)
+        env.snapshots_ctr("label", cid, f"{inherited}=yes", "only.containerd=1")
+        info = json.loads(env.snapshots_ctr("info", cid))
+        assert (info["Kind"], info["Parent"]) == ("Active", busybox.chain_ids[0])
+        assert {inherited: "yes", "only.containerd": "1"}.items() <= info["Labels"].items()
+        backend = env.snapshot_of(cid)
+        assert backend.labels.get(inherited) == "yes"
+        assert "only.containerd" not in backend.labels
+
+        env.snapshots_ctr("label", cid, f"{inherited}=")  # an empty value removes
+        assert inherited not in env.snapshot_of(cid).labels
+        assert inherited not in json.loads(env.snapshots_ctr("info", cid)).get("Labels", {})
+
+        key, size, inodes = env.snapshots_ctr("usage", "-b", cid).splitlines()[1].split()
+        usage = env.fusesnap.snapshots.Usage(spb.UsageRequest(key=backend.name))
+        assert key == cid
+        assert (int(size), int(inodes)) == (usage.size, usage.inodes)
+        assert usage.size >= 100_000
+        assert usage.inodes >= 3
+
+        rows = [line.split() for line in env.snapshots_ctr("ls").splitlines()[1:]]
+        assert [cid, busybox.chain_ids[0], "Active"] in rows
+    finally:
+        env.containerd.ctr("tasks", "rm", "-f", cid, check=False)
+        env.containerd.ctr("containers", "rm", cid, check=False)
+
+
+def test_ctr_snapshots_commit_view_rm_of_a_container_snapshot(env: Env,
+                                                              busybox: oci.Built) -> None:
+    cid, committed, view = "snap-commit", "snap-committed", "snap-committed-view"
+    # Nothing references what `ctr snapshots commit` and `view` make; labels
+    # on the container keep them from containerd's collector until `rm`.
+    refs = [f"--label=containerd.io/gc.ref.snapshot.{SNAPSHOTTER}/{n}={n}"
+            for n in (committed, view)]
+    try:
+        env.containerd.run(busybox.name, cid, "sh", "-c",
+                           "echo committed > /c; rm /etc/group; mkdir -p /x/y",
+                           rm=False, options=tuple(refs))
+        active = env.snapshot_of(cid)
+        base = env.snapshot_of(busybox.chain_ids[0])
+
+        env.snapshots_ctr("commit", committed, cid)
+        info = json.loads(env.snapshots_ctr("info", committed))
+        assert (info["Kind"], info["Parent"]) == ("Committed", busybox.chain_ids[0])
+        rows = [line.split() for line in env.snapshots_ctr("ls").splitlines()[1:]]
+        assert [committed, busybox.chain_ids[0], "Committed"] in rows
+        assert cid not in [row[0] for row in rows]
+        backend = env.snapshot_of(committed)
+        assert (backend.kind, backend.parent) == (spb.COMMITTED, base.name)
+        assert active.name not in env.snapshots()
+
+        mounts = json.loads(env.snapshots_ctr("view", "--mounts", view, committed))
+        assert [(m["Type"], m["Options"]) for m in mounts] == [("bind", ["rbind", "ro"])]
+        root = Path(mounts[0]["Source"])
+        assert (root / "c").read_text() == "committed\n"
+        assert not (root / "etc/group").exists()
+        assert (root / "x/y").is_dir()
+        assert (root / "bin/busybox").stat().st_size == oci.BUSYBOX.stat().st_size
+        backend_view = env.snapshot_of(view)
+        assert (backend_view.kind, backend_view.parent) == (spb.VIEW, backend.name)
+        assert json.loads(env.snapshots_ctr("info", view))["Kind"] == "View"
+
+        usage = env.snapshots_ctr("usage", "-b", committed).splitlines()[1].split()
+        assert int(usage[1]) == env.fusesnap.snapshots.Usage(
+            spb.UsageRequest(key=backend.name)).size
+
+        env.snapshots_ctr("rm", view)
+        env.snapshots_ctr("rm", committed)
+        names = [line.split()[0] for line in env.snapshots_ctr("ls").splitlines()[1:]]
+        assert committed not in names and view not in names
+        # spec §9.3: a user's Remove deletes containerd's record; its collector
+        # then removes fusesnap's copies.
+        wait_until(lambda: not {backend.name, backend_view.name} & set(env.snapshots()),
+                   "the committed snapshot and its view left fusesnap")
+    finally:
+        env.containerd.ctr("tasks", "rm", "-f", cid, check=False)
+        env.containerd.ctr("containers", "rm", "--keep-snapshot", cid, check=False)
+        for name in (view, committed):
+            env.containerd.ctr("snapshots", "--snapshotter", SNAPSHOTTER, "rm", name,
+                               check=False)
+
+
+# --------------------------------------------------------------------------- merged trees
+
+# The mount points of ctr's default spec (/dev and what is under it, /proc,
+# /run, /sys and /sys/fs/cgroup): runc creates their directories in the root
+# filesystem, they do not come from the image and their content is the
+# kernel's. Everything else in a container's root must be umoci's tree.
+RUNTIME_MOUNTS = ("dev", "proc", "run", "sys")
+_PRUNE = " -o ".join(f"-path ./{p}" for p in RUNTIME_MOUNTS)
+_FIND = f"find . -xdev \\( {_PRUNE} \\) -prune -o"
+
+# busybox in the container prints one line per entry: its stat, the sha256 of
+# each regular file, the target of each symlink; then its mounts.
+MANIFEST_SCRIPT = (
+    f"cd / && {_FIND} -exec stat -c 'S|%n|%f|%u|%g|%h|%s' {{}} + && "
+    f"{_FIND} -type f -exec sha256sum {{}} + && "
+    f"{_FIND} -type l -exec stat -c 'L|%n|%N' {{}} + && "
+    "sed 's/^/M|/' /proc/self/mountinfo"
+)
+
+
+@dataclass(frozen=True)
+class Node:
+    """What the comparison holds of one path. A directory's size is its file
+    system's own (ext4: the blocks of its entries), so it is left out."""
+    mode: int            # file type and permission bits, setuid/setgid/sticky included
+    uid: int
+    gid: int
+    nlink: int
+    size: int | None     # None for directories
+    target: str | None = None  # symlinks
+    sha256: str | None = None  # regular files
+
+
+Tree = dict[str, Node]
+
+
+def _node(mode: int, uid: int, gid: int, nlink: int, size: int) -> Node:
+    return Node(mode, uid, gid, nlink, None if stat.S_ISDIR(mode) else size)
+
+
+def host_tree(root: Path) -> Tree:
+    """The manifest of the tree under `root`, read on the host; paths as `./a/b`."""
+    tree: Tree = {}
+    for path in _paths(root):
+        st = os.lstat(path)
+        node = _node(st.st_mode, st.st_uid, st.st_gid, st.st_nlink, st.st_size)
+        if stat.S_ISLNK(st.st_mode):
+            node = replace(node, target=os.readlink(path))
+        elif stat.S_ISREG(st.st_mode):
+            node = replace(node, sha256=_file_sha256(path))
+        rel = os.path.relpath(path, root)
+        tree["." if rel == "." else f"./{rel}"] = node
+    return tree
+
+
+def _paths(root: Path) -> list[str]:
+    """`root` and every path under it, symlinks not followed."""
+    paths = [str(root)]
+    for dirpath, dirnames, filenames in os.walk(root):
+        paths += [os.path.join(dirpath, n) for n in (*dirnames, *filenames)]
+    return paths
+
+
+def _file_sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def parse_container_tree(out: str) -> tuple[Tree, set[str]]:
+    """The manifest MANIFEST_SCRIPT printed, and the container's mount targets."""
+    nodes: dict[str, Node] = {}
+    mounts: set[str] = set()
+    for line in out.splitlines():
+        if line.startswith("S|"):
+            _, name, mode, uid, gid, nlink, size = line.split("|")
+            nodes[name] = _node(int(mode, 16), int(uid), int(gid), int(nlink), int(size))
+        elif line.startswith("L|"):
+            _, name, quoted = line.split("|", 2)  # 'name' -> 'target'
+            nodes[name] = replace(nodes[name], target=quoted.split(" -> ", 1)[1][1:-1])
+        elif line.startswith("M|"):
+            mounts.add(line.split()[4])
+        else:
+            digest, name = line.split("  ", 1)
+            nodes[name] = replace(nodes[name], sha256=digest)
+    return nodes, mounts
+
+
+def assert_same_tree(actual: Tree, expected: Tree) -> None:
+    missing = sorted(set(expected) - set(actual))
+    extra = sorted(set(actual) - set(expected))
+    differ = sorted(p for p in set(actual) & set(expected) if actual[p] != expected[p])
+    problems = [f"missing {p}: {expected[p]}" for p in missing]
+    problems += [f"unexpected {p}: {actual[p]}" for p in extra]
+    problems += [f"{p}: got {actual[p]}, umoci {expected[p]}" for p in differ]
+    assert not problems, f"{len(problems)} differences:\n" + "\n".join(problems[:40])
+
+
+def xattrs(root: Path) -> dict[str, dict[str, bytes]]:
+    """Every extended attribute under `root`, by path, read without following symlinks."""
+    found: dict[str, dict[str, bytes]] = {}
+    for path in _paths(root):
+        attrs = {a: os.getxattr(path, a, follow_symlinks=False)
+                 for a in os.listxattr(path, follow_symlinks=False)}
+        if attrs:
+            found[os.path.relpath(path, root)] = attrs
+    return found
+
+
+@dataclass
+class Imported:
+    """An image imported into containerd with fusesnap, and umoci's unpack of it."""
+    built: oci.Built
+    expected: Path  # umoci's root filesystem
+
+
+def import_and_unpack(env: Env, image: oci.Image, name: str) -> Imported:
+    built = env.import_(image)
+    return Imported(built, oci.umoci_unpack(built.path, env.archives / f"umoci-{name}"))
+
+
+@pytest.fixture(scope="module")
+def rich(env: Env, busybox: oci.Built) -> Imported:
+    """oci.rich_image: 10 layers, every kind of change, a 100 MB file."""
+    return import_and_unpack(env, oci.rich_image(), "rich")
+
+
+@pytest.fixture(scope="module")
+def many(env: Env, busybox: oci.Built) -> Imported:
+    """oci.many_layers_image: 62 layers."""
+    return import_and_unpack(env, oci.many_layers_image(), "many")
+
+
+@pytest.fixture(scope="module", params=["rich", "many"])
+def imported(request: pytest.FixtureRequest) -> Imported:
+    return request.getfixturevalue(request.param)
+
+
+@pytest.fixture(scope="module")
+def in_container(env: Env, imported: Imported) -> tuple[Tree, set[str]]:
+    """The tree and the mounts a container of the image sees."""
+    out = env.containerd.run(imported.built.name, "tree-" + imported.built.name.split("/")[1]
+                             .replace(":", "-"), "sh", "-c", MANIFEST_SCRIPT, timeout=120)
+    return parse_container_tree(out.stdout)
+
+
+@pytest.fixture(scope="module")
+def top_view(env: Env, imported: Imported) -> Iterator[Path]:
+    """A `ctr snapshots view` of the image's top layer, read on the host."""
+    key = "view-" + imported.built.chain_ids[-1].removeprefix("sha256:")[:12]
+    try:
+        yield env.view(key, imported.built.chain_ids[-1])
+    finally:
+        env.containerd.ctr("snapshots", "--snapshotter", SNAPSHOTTER, "rm", key, check=False)
+
+
+def test_import_puts_blobs_and_a_snapshot_chain_in_fusesnap(env: Env,
+                                                            imported: Imported) -> None:
+    assert len(imported.built.layers) >= 10
+    assert set(imported.built.blobs) <= env.blobs()
+    by_chain_id = {key.split("/", 2)[-1]: i for key, i in env.snapshots().items()}
+    chain = [by_chain_id[c] for c in imported.built.chain_ids]
+    assert [i.parent for i in chain] == ["", *(i.name for i in chain[:-1])]
+    assert {i.kind for i in chain} == {spb.COMMITTED}
+
+
+def test_container_sees_the_tree_umoci_unpacks(in_container: tuple[Tree, set[str]],
+                                               imported: Imported) -> None:
+    tree, _ = in_container
+    expected = host_tree(imported.expected)
+    # runc adds its mount points to the root directory: one link each.
+    root = tree.pop(".")
+    assert replace(root, nlink=root.nlink - len(RUNTIME_MOUNTS)) == expected.pop(".")
+    assert_same_tree(tree, expected)
+
+
+def test_container_tree_leaves_out_only_runtime_mounts(in_container: tuple[Tree, set[str]],
+                                                       imported: Imported) -> None:
+    _, mounts = in_container
+    assert {m.split("/")[1] for m in mounts if m != "/"} == set(RUNTIME_MOUNTS)
+    assert not {p for p in RUNTIME_MOUNTS if (imported.expected / p).exists()}
+
+
+def test_view_of_top_layer_is_the_tree_umoci_unpacks(top_view: Path,
+                                                     imported: Imported) -> None:
+    assert_same_tree(host_tree(top_view), host_tree(imported.expected))
+
+
+def test_view_of_top_layer_has_the_xattrs_umoci_unpacks(top_view: Path,
+                                                        imported: Imported) -> None:
+    assert xattrs(top_view) == xattrs(imported.expected)
+
+
+def test_rich_image_as_umoci_unpacks_it_has_every_case(rich: Imported) -> None:
+    # The oracle itself: umoci's tree holds what the layers were written to
+    # produce, so that the comparisons above compare something.
+    root = rich.expected
+    d = root / "data"
+    for gone in ("deldir", "partial/gone", "opq/a", "opq/sub", "recreate/old",
+                 "links/dangling", "d2f/x"):
+        assert not os.path.lexists(d / gone), gone
+    assert (d / "del").read_text() == "back as a new file\n"
+    assert (d / "d2f").is_file() and (d / "f2d").is_dir()
+    assert stat.S_IMODE((root / "usr/local/bin/suid").stat().st_mode) == 0o4755
+    assert stat.S_IMODE((root / "usr/local/bin/sgid").stat().st_mode) == 0o2755
+    assert stat.S_ISFIFO((d / "fifo").lstat().st_mode)
+    assert [(d / "links" / n).stat().st_nlink for n in ("orig", "hl1", "hl2")] == [2, 1, 2]
+    assert (d / "links/abs").readlink() == Path("/data/links/orig")
+    assert (d / "big").stat().st_size == oci.BIG_SIZE
+    assert os.getxattr(d / "xattr/cap", "security.capability") == \
+        oci.capability(oci.CAP_NET_BIND_SERVICE, oci.CAP_NET_RAW)
+    assert os.getxattr(d / "xattr/dir", "user.dir") == b"changed"
+    assert os.listxattr(d / "xattr/dropped") == []
+    assert list((d / "empty").iterdir()) == []
 
 
 # --------------------------------------------------------------------------- garbage collection

@@ -22,7 +22,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from fusesnap.pb import content_pb2 as cpb
 from fusesnap.pb.content_pb2_grpc import ContentStub
-from tests.conftest import Daemon, fuse_usable
+from tests.conftest import PROXY, Daemon, module_daemon
 from tests.content_client import (
     COMMIT,
     EMPTY,
@@ -49,14 +49,7 @@ C = grpc.StatusCode
 
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    missing = fuse_usable()
-    if missing:
-        pytest.skip(f"FUSE unavailable: {missing}")
-    d = Daemon(tmp_path_factory.mktemp("content") / "root")
-    try:
-        yield d.start()
-    finally:
-        d.cleanup()
+    yield from module_daemon(tmp_path_factory, "content", args=PROXY)
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from google.protobuf.field_mask_pb2 import FieldMask
 
 from fusesnap.pb import content_pb2 as cpb
 from fusesnap.pb.content_pb2_grpc import ContentStub
-from tests.conftest import Daemon, fuse_usable
+from tests.conftest import PROXY, Daemon, module_daemon
 from tests.content_client import (
     COMMIT,
     STAT,
@@ -85,14 +85,7 @@ ODD_REFS = [
 
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    missing = fuse_usable()
-    if missing:
-        pytest.skip(f"FUSE unavailable: {missing}")
-    d = Daemon(tmp_path_factory.mktemp("badinput") / "root")
-    try:
-        yield d.start()
-    finally:
-        d.cleanup()
+    yield from module_daemon(tmp_path_factory, "badinput", args=PROXY)
 
 
 def tree(d: Daemon) -> set[Path]:

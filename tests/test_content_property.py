@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from fusesnap.pb import content_pb2 as cpb
 from fusesnap.pb.content_pb2_grpc import ContentStub
-from tests.conftest import Daemon, fuse_usable
+from tests.conftest import PROXY, Daemon, fuse_usable
 from tests.content_client import (
     COMMIT,
     STAT,
@@ -38,7 +38,7 @@ def cs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ContentStub]:
     missing = fuse_usable()
     if missing:
         pytest.skip(f"FUSE unavailable: {missing}")
-    d = Daemon(tmp_path_factory.mktemp("property") / "root")
+    d = Daemon(tmp_path_factory.mktemp("property") / "root", args=PROXY)
     try:
         yield ContentStub(d.start().channel)
     finally:

@@ -24,7 +24,7 @@ from fusesnap.pb import leases_pb2 as lpb
 from fusesnap.pb.content_pb2_grpc import ContentStub
 from fusesnap.pb.images_pb2_grpc import ImagesStub
 from fusesnap.pb.leases_pb2_grpc import LeasesStub
-from tests.conftest import Daemon, fuse_usable
+from tests.conftest import Daemon, module_daemon
 from tests.content_client import ingest, sha
 
 C = grpc.StatusCode
@@ -98,14 +98,7 @@ class Images:
 
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    missing = fuse_usable()
-    if missing:
-        pytest.skip(f"FUSE unavailable: {missing}")
-    d = Daemon(tmp_path_factory.mktemp("images") / "root")
-    try:
-        yield d.start()
-    finally:
-        d.cleanup()
+    yield from module_daemon(tmp_path_factory, "images")
 
 
 _serial = itertools.count(1)

@@ -35,7 +35,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from tests.conftest import Daemon, fuse_usable
+from tests.conftest import PROXY, Daemon, fuse_usable
 from tests.test_posix import RENAME_EXCHANGE, RENAME_NOREPLACE, kind_of, renameat2, tree_state
 
 # chown to other users, like the model directory allows, needs root.
@@ -295,7 +295,7 @@ def model_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     missing = fuse_usable()
     if missing:
         pytest.skip(f"FUSE unavailable: {missing}")
-    d = Daemon(tmp_path_factory.mktemp("model") / "root")
+    d = Daemon(tmp_path_factory.mktemp("model") / "root", args=PROXY)
     try:
         d.start()
         yield d

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Daemon, fuse_usable
+from tests.conftest import PROXY, Daemon, fuse_usable
 
 # Device nodes, owners, trusted.* and security.* xattrs need root.
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the POSIX suite runs as root")
@@ -154,7 +154,7 @@ def fs_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     missing = fuse_usable()
     if missing:
         pytest.skip(f"FUSE unavailable: {missing}")
-    d = Daemon(tmp_path_factory.mktemp("posix") / "root")
+    d = Daemon(tmp_path_factory.mktemp("posix") / "root", args=PROXY)
     try:
         d.start()
         yield d

@@ -27,7 +27,7 @@ from google.protobuf.field_mask_pb2 import FieldMask
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from fusesnap.pb import snapshots_pb2 as spb
-from tests.conftest import Daemon, fuse_usable
+from tests.conftest import PROXY, Daemon, module_daemon
 
 GO_ZERO_TIME = Timestamp(seconds=-62135596800, nanos=0)
 REF = "containerd.io/snapshot.ref"
@@ -39,14 +39,7 @@ ACTIVE, VIEW, COMMITTED = spb.ACTIVE, spb.VIEW, spb.COMMITTED
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     """One daemon for the tests that only look at their own keys."""
-    missing = fuse_usable()
-    if missing:
-        pytest.skip(f"FUSE unavailable: {missing}")
-    d = Daemon(tmp_path_factory.mktemp("api") / "root")
-    try:
-        yield d.start()
-    finally:
-        d.cleanup()
+    yield from module_daemon(tmp_path_factory, "api", args=PROXY)
 
 
 _serial = itertools.count(1)

@@ -38,6 +38,7 @@ def chunks(path: Path, start: int, end: int) -> Iterator[tuple[int, bytes]]:
     except FileNotFoundError:
         raise NotFound(f"content {path.parent.name}:{path.name}") from None
     try:
+        os.posix_fadvise(fd, start, end - start, os.POSIX_FADV_SEQUENTIAL)
         pos = start
         while pos < end:
             data = os.pread(fd, min(CHUNK, end - pos), pos)

@@ -23,7 +23,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -115,6 +115,8 @@ class ContentStore:
         self.ingests.mkdir(parents=True, exist_ok=True)
         self._locks: dict[str, WriteLock] = {}
         self.leases = LeaseStore(db)
+        # Called after a blob or an ingest was deleted (the collector listens).
+        self.on_removed: builtins.list[Callable[[], None]] = []
 
     # ------------------------------------------------------------------ paths
 
@@ -197,6 +199,11 @@ class ContentStore:
                 raise NotFound(f"content {d}")
             self.leases.release(holder, Resource(CONTENT, str(d)))
         _remove_file(self.blob_path(d))
+        self._removed()
+
+    def _removed(self) -> None:
+        for callback in self.on_removed:
+            callback()
 
     def delete_records(self, d: Digest) -> bool:
         """Delete the records of blob `d` inside the caller's transaction (False if
@@ -241,10 +248,13 @@ class ContentStore:
         message fails with NotFound."""
         _require_ref(ref)
         with self.db.transaction():
-            self.db.execute("DELETE FROM content_ingests WHERE ref = ?", (ref,))
+            deleted = self.db.execute("DELETE FROM content_ingests WHERE ref = ?",
+                                      (ref,)).rowcount
             self.leases.release(holder, Resource(INGESTS, ref))
         self._locks.pop(ref, None)
         _remove_dir(self.ingest_dir(ref))
+        if deleted:
+            self._removed()
 
     # ------------------------------------------------------------------ the Write protocol
 
@@ -281,8 +291,11 @@ class ContentStore:
             with self.db.transaction():
                 if rec is None:
                     self.db.execute(
-                        "INSERT INTO content_ingests (ref, started_ns, total, expected) "
-                        "VALUES (?,?,?,?)", (ref, now, total, expected))
+                        "INSERT INTO content_ingests (ref, started_ns, total, expected, leased) "
+                        "VALUES (?,?,?,?,?)", (ref, now, total, expected, holder is not None))
+                else:
+                    self.db.execute("UPDATE content_ingests SET leased = 1 WHERE ref = ?",
+                                    (ref,))
                 self.leases.hold(holder, Resource(INGESTS, ref))
         elif total and rec.total and total != rec.total:
             # Truncated before the new total is recorded: a crash in between

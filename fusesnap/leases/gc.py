@@ -8,8 +8,9 @@ Roots, across all namespaces:
 - every image (unless its own ``gc.expire`` has passed): its target and its
   label references;
 - content and snapshots labelled ``containerd.io/gc.root``;
-- ingests on no lease, until ``ingest_grace`` after they started, and every
-  ingest a Write stream holds right now.
+- ingests opened on no lease, until ``ingest_grace`` after they started (one
+  opened under a lease lives exactly as long as leases reference it), and
+  every ingest a Write stream holds right now.
 
 References followed from what is marked: a blob's and a snapshot's
 ``containerd.io/gc.ref.content*`` and ``containerd.io/gc.ref.snapshot.<name>*``
@@ -31,6 +32,7 @@ import datetime
 import json
 import logging
 import os
+import re
 import shutil
 import time
 from collections.abc import Iterable, Iterator
@@ -84,6 +86,13 @@ class Report:
             shutil.rmtree(self.layers.pop(), ignore_errors=True)
 
 
+# What Go's time.Parse(time.RFC3339, …) accepts: fromisoformat alone also takes
+# "2000-01-01T00:00Z", "20000101T000000Z", a space for the T or "+0100",
+# which containerd ignores as invalid.
+_RFC3339 = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}([.,][0-9]+)?(Z|[+-][0-9]{2}:[0-9]{2})")
+
+
 def expired(labels: dict[str, str], now: datetime.datetime) -> bool:
     """True when ``containerd.io/gc.expire`` names an RFC 3339 time before `now`;
     a value that does not parse never expires (containerd logs and ignores it)."""
@@ -91,12 +100,11 @@ def expired(labels: dict[str, str], now: datetime.datetime) -> bool:
     if value is None:
         return False
     try:
+        if not _RFC3339.fullmatch(value):
+            raise ValueError(value)
         when = datetime.datetime.fromisoformat(value)
     except ValueError:
         log.info("ignoring invalid expiration value %r", value)
-        return False
-    if when.tzinfo is None:
-        log.info("ignoring expiration value without a time zone %r", value)
         return False
     return when < now
 
@@ -129,12 +137,16 @@ class Collector:
         self.ingest_grace_ns = int(ingest_grace * 1e9)
         self.delay = delay
         self._wanted: trio.Event | None = None
+        self._collecting = False
+        snapshotter.on_removed.append(lambda sid: self.request())
+        content.on_removed.append(self.request)
 
     # ------------------------------------------------------------------ scheduling
 
     def request(self) -> None:
-        """Ask for a background collection soon (nothing unless :meth:`run` runs)."""
-        if self._wanted is not None:
+        """Ask for a background collection soon (nothing unless :meth:`run` runs).
+        Any deletion asks (spec §8); the collector's own deletions do not."""
+        if self._wanted is not None and not self._collecting:
             self._wanted.set()
 
     async def run(self) -> None:
@@ -189,7 +201,6 @@ class Collector:
             live.add((ns, lease))
             if FLAT_LABEL in labels:
                 flat_leases.add((ns, lease))
-        leased_ingests: set[str] = set()
         leased_images: set[tuple[str, str]] = set()
         for ns, lease, rtype, rid in self.db.all(
                 "SELECT namespace, lease, type, id FROM lease_resources"):
@@ -199,7 +210,6 @@ class Collector:
             if rtype == CONTENT:
                 todo.append((_BLOB, rid, flat))
             elif rtype == INGESTS:
-                leased_ingests.add(rid)
                 todo.append((_INGEST, rid, flat))
             elif rtype == IMAGES:
                 leased_images.add((ns, rid))
@@ -215,9 +225,10 @@ class Collector:
             todo.extend((kind, oid, False) for kind, oid in label_refs(labels.items()))
 
         locked = self.content.locked()
-        for ref, started_ns in self.db.all("SELECT ref, started_ns FROM content_ingests"):
-            if ref in locked or (ref not in leased_ingests
-                                 and started_ns + self.ingest_grace_ns > now_ns):
+        for ref, started_ns, leased in self.db.all(
+                "SELECT ref, started_ns, leased FROM content_ingests"):
+            # An ingest once opened under a lease goes with its leases.
+            if ref in locked or (not leased and started_ns + self.ingest_grace_ns > now_ns):
                 todo.append((_INGEST, ref, False))
 
         seen: set[tuple[str, str, bool]] = set()
@@ -257,6 +268,13 @@ class Collector:
     def collect(self, dry_run: bool = False) -> Report:
         """Mark and sweep now. Runs on the thread that owns the database; call
         :meth:`Report.finish` afterwards (any thread) to delete layer data."""
+        self._collecting = True
+        try:
+            return self._collect(dry_run)
+        finally:
+            self._collecting = False
+
+    def _collect(self, dry_run: bool) -> Report:
         started = time.monotonic()
         report = Report(dry_run=dry_run)
         with self.db.transaction():

@@ -125,7 +125,8 @@ CREATE TABLE IF NOT EXISTS content_ingests (
     ref TEXT PRIMARY KEY,
     started_ns INTEGER NOT NULL,
     total INTEGER NOT NULL,
-    expected TEXT NOT NULL
+    expected TEXT NOT NULL,
+    leased INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
 
 -- Leases (fusesnap/leases), per namespace. Labels are a JSON object.
@@ -164,6 +165,14 @@ CREATE TABLE IF NOT EXISTS images (
 """
 
 
+# Columns added after a table was first released: (table, column, declaration).
+_ADDED_COLUMNS = [
+    # An ingest opened under a lease lives exactly as long as leases hold it;
+    # one opened on none is protected for a grace period instead (spec §8).
+    ("content_ingests", "leased", "INTEGER NOT NULL DEFAULT 0"),
+]
+
+
 class Database:
     """One SQLite connection with a re-entrant transaction helper."""
 
@@ -179,6 +188,10 @@ class Database:
     def _migrate(self) -> None:
         # Every statement is IF NOT EXISTS, so the script is safe on every start.
         self.conn.executescript(_SCHEMA)
+        for table, column, decl in _ADDED_COLUMNS:
+            have = {row[1] for row in self.conn.execute(f"PRAGMA table_info({table})")}
+            if column not in have:
+                self.conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
         with self.transaction():
             row = self.one("SELECT value FROM meta WHERE key = 'schema'")
             if row is None:
