@@ -28,23 +28,28 @@ def span(size: int, offset: int, length: int) -> tuple[int, int]:
     return start, end
 
 
-def chunks(path: Path, start: int, end: int) -> Iterator[tuple[int, bytes]]:
-    """(absolute offset, data) of [start, end) of the file at `path`, in order, at
-    most :data:`CHUNK` bytes each. NotFound if the file is gone before it is
-    opened (a Delete won the race); once open, it is read to the end. DataLoss
-    if the file is shorter than `end`."""
+def chunks(path: Path, offset: int, length: int) -> Iterator[tuple[int, bytes]]:
+    """(absolute offset, data) of a Read of (`offset`, `length`) (see :func:`span`)
+    of the committed blob at `path`, in order, at most :data:`CHUNK` bytes each.
+
+    The blob's size is that of its file: a blob file exists exactly while the
+    blob is committed (it is renamed into place by the commit and unlinked by
+    a Delete), so a Read needs no metadata lookup. NotFound if the file is gone
+    before it is opened (a Delete won the race); once open, it is read to the
+    end. OutOfRange (before the first chunk) for an offset past the end."""
+    name = f"{path.parent.name}:{path.name}"
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
-        raise NotFound(f"content {path.parent.name}:{path.name}") from None
+        raise NotFound(f"content {name}") from None
     try:
+        start, end = span(os.fstat(fd).st_size, offset, length)
         os.posix_fadvise(fd, start, end - start, os.POSIX_FADV_SEQUENTIAL)
         pos = start
         while pos < end:
             data = os.pread(fd, min(CHUNK, end - pos), pos)
             if not data:
-                raise DataLoss(f"content {path.parent.name}:{path.name} ends at {pos} bytes, "
-                               f"expected {end}")
+                raise DataLoss(f"content {name} ends at {pos} bytes, expected {end}")
             yield pos, data
             pos += len(data)
     finally:
