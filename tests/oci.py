@@ -29,6 +29,7 @@ MEDIA_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 MEDIA_CONFIG = "application/vnd.oci.image.config.v1+json"
 MEDIA_LAYER = "application/vnd.oci.image.layer.v1.tar"
 MEDIA_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
+MEDIA_LAYER_ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
 REF_NAME = "org.opencontainers.image.ref.name"
 
 WHITEOUT_PREFIX = ".wh."
@@ -107,8 +108,10 @@ Entry = File | Dir | Symlink | HardLink | Fifo | Whiteout | Opaque
 
 @dataclass(frozen=True)
 class Layer:
+    """`zstd` (Debian's zstd program compresses) wins over `gzip`."""
     entries: Sequence[Entry]
     gzip: bool = True
+    zstd: bool = False
 
 
 @dataclass(frozen=True)
@@ -185,6 +188,20 @@ def layer_tar(entries: Sequence[Entry]) -> bytes:
     return buf.getvalue()
 
 
+def zstd_bytes(data: bytes) -> bytes:
+    return subprocess.run(["zstd", "-q", "-c", "-3"], input=data, capture_output=True,
+                          check=True).stdout
+
+
+def compressed(layer: Layer, raw: bytes) -> tuple[bytes, str]:
+    """The layer's blob and its media type."""
+    if layer.zstd:
+        return zstd_bytes(raw), MEDIA_LAYER_ZSTD
+    if layer.gzip:
+        return gzip_bytes(raw), MEDIA_LAYER_GZIP
+    return raw, MEDIA_LAYER
+
+
 def gzip_bytes(data: bytes) -> bytes:
     buf = io.BytesIO()
     with gzip.GzipFile(filename="", mode="wb", fileobj=buf, mtime=0, compresslevel=6) as gz:
@@ -234,8 +251,10 @@ def chain_ids(diff_ids: Sequence[str]) -> list[str]:
     return out
 
 
-def write_archive(image: Image, path: Path) -> Built:
-    """Write `image` as a tar of an OCI image layout to `path`."""
+def write_archive(image: Image, path: Path,
+                  config_diff_ids: Sequence[str] | None = None) -> Built:
+    """Write `image` as a tar of an OCI image layout to `path`.
+    `config_diff_ids` replaces the real diff_ids in the config (a lying image)."""
     blobs: dict[str, bytes] = {}
     layer_descs: list[dict[str, str | int]] = []
     layers: list[str] = []
@@ -243,17 +262,16 @@ def write_archive(image: Image, path: Path) -> Built:
     for layer in image.layers:
         raw = layer_tar(layer.entries)
         diff_ids.append(digest(raw))
-        blob = gzip_bytes(raw) if layer.gzip else raw
+        blob, media_type = compressed(layer, raw)
         blobs[digest(blob)] = blob
         layers.append(digest(blob))
-        layer_descs.append({"mediaType": MEDIA_LAYER_GZIP if layer.gzip else MEDIA_LAYER,
-                            "digest": digest(blob), "size": len(blob)})
+        layer_descs.append({"mediaType": media_type, "digest": digest(blob), "size": len(blob)})
     plat = host_platform()
     config = _json({
         **plat,
         "created": "1970-01-01T00:00:00Z",
         "config": {"Env": list(image.env), "Cmd": list(image.cmd), "WorkingDir": "/"},
-        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+        "rootfs": {"type": "layers", "diff_ids": list(config_diff_ids or diff_ids)},
         "history": [{"created": "1970-01-01T00:00:00Z", "created_by": f"tests/oci.py layer {i}"}
                     for i in range(len(image.layers))],
     })

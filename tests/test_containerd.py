@@ -26,6 +26,8 @@ from fusesnap.pb.content_pb2_grpc import ContentStub
 from tests import oci
 from tests.conftest import Daemon, fuse_usable
 from tests.containerd_env import SNAPSHOTTER, Containerd, unavailable
+from tests.trees import Node, Tree, assert_same_tree, host_tree, xattrs
+from tests.trees import node as _node
 
 GC_TIMEOUT = 15.0
 GC_ROOT = "containerd.io/gc.root"
@@ -414,57 +416,6 @@ MANIFEST_SCRIPT = (
 )
 
 
-@dataclass(frozen=True)
-class Node:
-    """What the comparison holds of one path. A directory's size is its file
-    system's own (ext4: the blocks of its entries), so it is left out."""
-    mode: int            # file type and permission bits, setuid/setgid/sticky included
-    uid: int
-    gid: int
-    nlink: int
-    size: int | None     # None for directories
-    target: str | None = None  # symlinks
-    sha256: str | None = None  # regular files
-
-
-Tree = dict[str, Node]
-
-
-def _node(mode: int, uid: int, gid: int, nlink: int, size: int) -> Node:
-    return Node(mode, uid, gid, nlink, None if stat.S_ISDIR(mode) else size)
-
-
-def host_tree(root: Path) -> Tree:
-    """The manifest of the tree under `root`, read on the host; paths as `./a/b`."""
-    tree: Tree = {}
-    for path in _paths(root):
-        st = os.lstat(path)
-        node = _node(st.st_mode, st.st_uid, st.st_gid, st.st_nlink, st.st_size)
-        if stat.S_ISLNK(st.st_mode):
-            node = replace(node, target=os.readlink(path))
-        elif stat.S_ISREG(st.st_mode):
-            node = replace(node, sha256=_file_sha256(path))
-        rel = os.path.relpath(path, root)
-        tree["." if rel == "." else f"./{rel}"] = node
-    return tree
-
-
-def _paths(root: Path) -> list[str]:
-    """`root` and every path under it, symlinks not followed."""
-    paths = [str(root)]
-    for dirpath, dirnames, filenames in os.walk(root):
-        paths += [os.path.join(dirpath, n) for n in (*dirnames, *filenames)]
-    return paths
-
-
-def _file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def parse_container_tree(out: str) -> tuple[Tree, set[str]]:
     """The manifest MANIFEST_SCRIPT printed, and the container's mount targets."""
     nodes: dict[str, Node] = {}
@@ -482,27 +433,6 @@ def parse_container_tree(out: str) -> tuple[Tree, set[str]]:
             digest, name = line.split("  ", 1)
             nodes[name] = replace(nodes[name], sha256=digest)
     return nodes, mounts
-
-
-def assert_same_tree(actual: Tree, expected: Tree) -> None:
-    missing = sorted(set(expected) - set(actual))
-    extra = sorted(set(actual) - set(expected))
-    differ = sorted(p for p in set(actual) & set(expected) if actual[p] != expected[p])
-    problems = [f"missing {p}: {expected[p]}" for p in missing]
-    problems += [f"unexpected {p}: {actual[p]}" for p in extra]
-    problems += [f"{p}: got {actual[p]}, umoci {expected[p]}" for p in differ]
-    assert not problems, f"{len(problems)} differences:\n" + "\n".join(problems[:40])
-
-
-def xattrs(root: Path) -> dict[str, dict[str, bytes]]:
-    """Every extended attribute under `root`, by path, read without following symlinks."""
-    found: dict[str, dict[str, bytes]] = {}
-    for path in _paths(root):
-        attrs = {a: os.getxattr(path, a, follow_symlinks=False)
-                 for a in os.listxattr(path, follow_symlinks=False)}
-        if attrs:
-            found[os.path.relpath(path, root)] = attrs
-    return found
 
 
 @dataclass

@@ -11,7 +11,7 @@ python=${PYTHON:-python3}
 # Debian packages the daemon and its test suite need.
 packages=(fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv attr
           golang-github-containerd-containerd-dev containerd
-          runc umoci busybox-static)
+          runc umoci busybox-static zstd)
 
 missing=()
 for p in "${packages[@]}"; do

@@ -8,6 +8,23 @@
                            [--label k=v…] [--annotation k=v…]
     fusesnap images label NAME k=v…           `k=` removes label k
     fusesnap images rm NAME… [--sync]         `--sync` returns after a garbage collection
+    fusesnap images import ARCHIVE [--name NAME]
+                                              an OCI archive: blobs, snapshots, records
+    fusesnap images prepare NAME KEY          prints the directory of a new active
+                                              snapshot on the image's top layer
+    fusesnap images mount NAME [--key KEY]    prints the directory of a read-only view
+
+`import` stores every blob of the archive (with containerd's ``gc.ref``
+labels), applies each layer into a snapshot named by its chain ID (layers
+whose snapshot exists are not applied again), records one image per entry of
+the archive's index.json (named by ``org.opencontainers.image.ref.name``, or
+``--name``), and prints ``NAME DIGEST`` for each. It works under a lease of
+its own, deleted at the end, or under the global ``--lease``. Progress bars,
+one per layer, go to stderr when it is a terminal.
+
+`prepare` and `mount` put the new snapshot under the global ``--lease`` if
+given, else label it ``containerd.io/gc.root`` so that garbage collection
+keeps it: ``fusesnap snapshots rm KEY`` removes it.
 
 An image is a record only: `create` neither checks nor fetches its target.
 SIZE is the size of the target descriptor (a manifest or an index), not of
@@ -22,14 +39,28 @@ JSON shape (``--json``): an image is ``{"name", "target": {"media_type",
 from __future__ import annotations
 
 import argparse
+import datetime
+import secrets
+import sys
 from typing import Any
 
 import grpc
 
 from fusesnap.cli import add_socket_option, client
-from fusesnap.cli.content import age, labels_text
+from fusesnap.cli.content import ProgressBar, age, labels_text
+from fusesnap.cli.snapshots import directory, mount_json
+from fusesnap.images.archive import ArchiveError
+from fusesnap.images.importer import (
+    SNAPSHOTTER,
+    Daemon,
+    ImportFailed,
+    LayerError,
+    import_archive,
+    top_chain_id,
+)
 from fusesnap.pb import descriptor_pb2
 from fusesnap.pb import images_pb2 as ipb
+from fusesnap.pb import snapshots_pb2 as spb
 from fusesnap.pb.images_pb2_grpc import ImagesStub
 
 _COLUMNS = ["name", "type", "digest", "size", "age", "labels"]
@@ -114,6 +145,59 @@ def _rm(args: argparse.Namespace, stub: ImagesStub) -> None:
             raise client.CommandError(f"rm {name}: {client.describe(err)}") from err
 
 
+def _import(args: argparse.Namespace, channel: grpc.Channel) -> None:
+    def bar(label: str, total: int) -> ProgressBar:
+        return ProgressBar(sys.stderr, label, 0, total)
+
+    try:
+        done = import_archive(channel, args.archive, name=args.name, lease=args.lease,
+                              progress=bar if sys.stderr.isatty() else None)
+    except (ArchiveError, LayerError, ImportFailed) as err:
+        raise client.CommandError(f"import {args.archive}: {err}") from err
+    if args.json:
+        client.print_json([{"name": i.name, "digest": i.target.digest,
+                            "media_type": i.target.media_type, "chain_ids": i.chain_ids,
+                            "applied": i.applied} for i in done])
+    else:
+        for i in done:
+            print(f"{i.name} {i.target.digest}")
+
+
+GC_ROOT = "containerd.io/gc.root"
+
+
+def _on_image(args: argparse.Namespace, channel: grpc.Channel, key: str, view: bool) -> None:
+    daemon = Daemon(channel)
+    try:
+        parent = top_chain_id(daemon, args.name)
+    except ArchiveError as err:
+        raise client.CommandError(f"image {args.name}: {err}") from err
+    labels = {}
+    if not args.lease:
+        labels[GC_ROOT] = datetime.datetime.now(datetime.UTC).isoformat(
+            timespec="seconds").replace("+00:00", "Z")
+    if view:
+        mounts = daemon.snapshots.View(spb.ViewSnapshotRequest(
+            snapshotter=SNAPSHOTTER, key=key, parent=parent, labels=labels)).mounts
+    else:
+        mounts = daemon.snapshots.Prepare(spb.PrepareSnapshotRequest(
+            snapshotter=SNAPSHOTTER, key=key, parent=parent, labels=labels)).mounts
+    path = directory(key, mounts)
+    if args.json:
+        client.print_json({"key": key, "parent": parent, "path": path,
+                           "mounts": [mount_json(m) for m in mounts]})
+    else:
+        print(path)
+
+
+def _prepare(args: argparse.Namespace, channel: grpc.Channel) -> None:
+    _on_image(args, channel, args.key, view=False)
+
+
+def _mount(args: argparse.Namespace, channel: grpc.Channel) -> None:
+    _on_image(args, channel, args.key or f"{args.name}-view-{secrets.token_hex(4)}", view=True)
+
+
 # ---------------------------------------------------------------------- parser
 
 
@@ -165,3 +249,27 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("names", metavar="NAME", nargs="+")
     p.add_argument("--sync", action="store_true",
                    help="return after the garbage collection that follows")
+
+    def on_channel(p: argparse.ArgumentParser, fn: Any) -> None:
+        p.set_defaults(func=lambda args: client.run(args, lambda channel: fn(args, channel)))
+
+    p = command("import", _import, "import the images of an OCI archive (tar of an OCI "
+                "layout) and unpack their layers into snapshots", json=True)
+    p.add_argument("archive", metavar="ARCHIVE")
+    p.add_argument("--name", default=None, metavar="NAME",
+                   help="image name (for an archive of one image; default: its "
+                        "org.opencontainers.image.ref.name annotation)")
+    on_channel(p, _import)
+
+    p = command("prepare", _prepare, "create an active snapshot on an image's top layer "
+                "and print its directory", json=True)
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("key", metavar="KEY")
+    on_channel(p, _prepare)
+
+    p = command("mount", _mount, "create a read-only view of an image and print its "
+                "directory", json=True)
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--key", default=None, metavar="KEY",
+                   help="key of the view (default: NAME-view-RANDOM)")
+    on_channel(p, _mount)

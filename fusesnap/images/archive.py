@@ -1,0 +1,380 @@
+"""OCI image layouts and the documents in them: pure code, no gRPC.
+
+An :class:`Archive` is a tar of an OCI image layout (``oci-layout``,
+``index.json``, ``blobs/<alg>/<hex>``), as ``ctr images export``, ``skopeo``
+and ``docker save`` (Docker 25+) write, or such a layout unpacked in a
+directory. Its blobs are read in place, never extracted.
+
+The document model — :class:`Descriptor`, :func:`resolve` (index → manifest
+for a platform → config → diff_ids), :func:`chain_ids` — reads from any
+:class:`BlobSource`, so the same code walks an archive before an import and the
+content store after it (``fusesnap images prepare``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import tarfile
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Protocol
+
+from fusesnap.images import store
+
+INDEX_TYPES = frozenset({
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+})
+MANIFEST_TYPES = frozenset({
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+})
+REF_NAME = "org.opencontainers.image.ref.name"
+
+MAX_DOCUMENT = 4 << 20
+"""Largest index, manifest or config read into memory."""
+
+
+class ArchiveError(Exception):
+    """The archive or an image document in it is missing, truncated or invalid."""
+
+
+# ---------------------------------------------------------------------- documents
+
+
+@dataclass(frozen=True)
+class Platform:
+    os: str
+    architecture: str
+    variant: str = ""
+
+    def __str__(self) -> str:
+        return "/".join(p for p in (self.os, self.architecture, self.variant) if p)
+
+    def matches(self, other: Mapping[str, Any]) -> bool:
+        """Whether a descriptor's ``platform`` object runs here (its variant
+        only counts when both name one; arm64's default variant is v8)."""
+        if other.get("os") != self.os or other.get("architecture") != self.architecture:
+            return False
+        theirs = other.get("variant") or ""
+        if self.architecture == "arm64":
+            theirs = theirs or "v8"
+        return not (theirs and self.variant) or theirs == self.variant
+
+
+_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "armv6l": "arm",
+         "i686": "386", "i386": "386", "ppc64le": "ppc64le", "s390x": "s390x",
+         "riscv64": "riscv64"}
+
+
+def host_platform() -> Platform:
+    machine = platform.machine()
+    arch = _ARCH.get(machine, machine)
+    variant = {"aarch64": "v8", "armv7l": "v7", "armv6l": "v6"}.get(machine, "")
+    return Platform("linux", arch, variant)
+
+
+@dataclass(frozen=True)
+class Descriptor(store.Descriptor):
+    """An OCI descriptor as an archive holds it: a target plus its platform."""
+
+    platform: Mapping[str, Any] | None = None
+
+    @classmethod
+    def parse(cls, doc: Any, where: str) -> Descriptor:
+        if not isinstance(doc, dict):
+            raise ArchiveError(f"{where}: a descriptor must be an object")
+        digest, size = doc.get("digest"), doc.get("size")
+        if not isinstance(digest, str) or ":" not in digest:
+            raise ArchiveError(f"{where}: descriptor without a valid digest")
+        if not isinstance(size, int) or size < 0:
+            raise ArchiveError(f"{where}: descriptor of {digest} without a valid size")
+        annotations = doc.get("annotations") or {}
+        plat = doc.get("platform")
+        return cls(str(doc.get("mediaType") or ""), digest, size, dict(annotations),
+                   plat if isinstance(plat, dict) else None)
+
+    @property
+    def is_index(self) -> bool:
+        return self.media_type in INDEX_TYPES
+
+    @property
+    def is_manifest(self) -> bool:
+        return self.media_type in MANIFEST_TYPES
+
+
+class BlobSource(Protocol):
+    def read_blob(self, desc: Descriptor) -> bytes:
+        """The bytes of `desc`, checked against its digest and size."""
+
+    def has_blob(self, digest: str) -> bool: ...
+
+
+def parse_json(data: bytes, what: str) -> dict[str, Any]:
+    try:
+        doc = json.loads(data)
+    except ValueError as e:
+        raise ArchiveError(f"{what} is not JSON: {e}") from None
+    if not isinstance(doc, dict):
+        raise ArchiveError(f"{what} is not a JSON object")
+    return doc
+
+
+def _descriptors(doc: dict[str, Any], key: str, what: str) -> list[Descriptor]:
+    items = doc.get(key)
+    if not isinstance(items, list):
+        raise ArchiveError(f"{what} has no {key} list")
+    return [Descriptor.parse(d, f"{what} {key}[{i}]") for i, d in enumerate(items)]
+
+
+@dataclass
+class Resolved:
+    """One image, from its target down to its layers, for one platform."""
+
+    target: Descriptor
+    indexes: list[tuple[Descriptor, list[Descriptor]]]
+    """Every index on the way, with its children (other platforms included)."""
+    manifest: Descriptor
+    config: Descriptor
+    layers: list[Descriptor]
+    diff_ids: list[str]
+
+    @property
+    def chain_ids(self) -> list[str]:
+        return chain_ids(self.diff_ids)
+
+
+def resolve(source: BlobSource, target: Descriptor, plat: Platform | None = None) -> Resolved:
+    """Walk `target` (an index or a manifest) to the manifest for `plat` (the
+    host by default), its config and layers. ArchiveError if a document is
+    missing or invalid, no manifest fits, or layers and diff_ids disagree."""
+    plat = plat or host_platform()
+    indexes: list[tuple[Descriptor, list[Descriptor]]] = []
+    desc = target
+    while desc.is_index:
+        if len(indexes) > 8:
+            raise ArchiveError(f"indexes nested too deep under {target.digest}")
+        children = _descriptors(parse_json(source.read_blob(desc), desc.digest),
+                                "manifests", f"index {desc.digest}")
+        indexes.append((desc, children))
+        desc = _pick(children, plat, desc.digest)
+    if not desc.is_manifest:
+        raise ArchiveError(f"{desc.digest}: unsupported media type {desc.media_type!r}")
+    manifest = parse_json(source.read_blob(desc), f"manifest {desc.digest}")
+    config = Descriptor.parse(manifest.get("config"), f"manifest {desc.digest} config")
+    layers = _descriptors(manifest, "layers", f"manifest {desc.digest}")
+    cfg = parse_json(source.read_blob(config), f"config {config.digest}")
+    rootfs = cfg.get("rootfs")
+    diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
+    if not isinstance(diff_ids, list) or not all(isinstance(d, str) for d in diff_ids):
+        raise ArchiveError(f"config {config.digest} has no rootfs.diff_ids list")
+    if len(diff_ids) != len(layers):
+        raise ArchiveError(f"manifest {desc.digest} has {len(layers)} layers but its config "
+                           f"{len(diff_ids)} diff_ids")
+    return Resolved(target, indexes, desc, config, layers, list(diff_ids))
+
+
+def _pick(children: Sequence[Descriptor], plat: Platform, where: str) -> Descriptor:
+    candidates = [c for c in children if c.is_index or c.is_manifest]
+    if len(candidates) == 1 and candidates[0].platform is None:
+        return candidates[0]
+    for child in candidates:
+        if child.platform is not None and plat.matches(child.platform):
+            return child
+    found = sorted({f"{c.platform.get('os')}/{c.platform.get('architecture')}"
+                    for c in candidates if c.platform})
+    raise ArchiveError(f"index {where} has no manifest for {plat} "
+                       f"(it has: {', '.join(found) or 'none'})")
+
+
+def chain_ids(diff_ids: Sequence[str]) -> list[str]:
+    """The OCI chain IDs: chain(L0) = diff(L0); chain(Ln) = sha256(chain(Ln-1) + " " + diff(Ln))."""
+    out: list[str] = []
+    for d in diff_ids:
+        out.append(d if not out else
+                   "sha256:" + hashlib.sha256(f"{out[-1]} {d}".encode()).hexdigest())
+    return out
+
+
+def verify(data: bytes, desc: Descriptor) -> bytes:
+    """`data` if it has `desc`'s size and digest, else ArchiveError."""
+    alg, _, want = desc.digest.partition(":")
+    if alg not in ("sha256", "sha384", "sha512"):
+        raise ArchiveError(f"{desc.digest}: unsupported digest algorithm")
+    if len(data) != desc.size:
+        raise ArchiveError(f"blob {desc.digest}: {len(data)} bytes, the descriptor says "
+                           f"{desc.size}")
+    if hashlib.new(alg, data).hexdigest() != want:
+        raise ArchiveError(f"blob {desc.digest}: content does not match its digest")
+    return data
+
+
+# ---------------------------------------------------------------------- archives
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One image index.json names: its target and the name it gives it (if any)."""
+
+    target: Descriptor
+    name: str | None
+
+
+class Archive:
+    """An OCI image layout in a tar file or a directory. Use as a context manager.
+
+    Opening checks the layout (``oci-layout``, ``index.json``) and, for a tar,
+    that no member runs past the end of the file (a truncated archive).
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._tar: tarfile.TarFile | None = None
+        self._members: dict[str, tarfile.TarInfo] = {}
+        if self.path.is_dir():
+            self._check_layout()
+            return
+        try:
+            self._tar = tarfile.open(self.path, "r:")
+        except FileNotFoundError:
+            raise ArchiveError(f"{self.path}: no such file") from None
+        except (tarfile.TarError, OSError) as e:
+            raise ArchiveError(f"{self.path}: not a tar archive ({e})") from None
+        try:
+            end = os.path.getsize(self.path)
+            for m in self._tar.getmembers():
+                name = os.path.normpath(m.name).lstrip("/")
+                if m.offset_data + (m.size if m.isreg() else 0) > end:
+                    raise ArchiveError(f"{self.path} is truncated: {m.name} needs "
+                                       f"{m.offset_data + m.size} bytes, the file has {end}")
+                if m.isreg():
+                    self._members[name] = m
+            self._check_end(end)
+            self._check_layout()
+        except tarfile.TarError as e:
+            self.close()
+            raise ArchiveError(f"{self.path} is truncated or corrupt ({e})") from None
+        except BaseException:
+            self.close()
+            raise
+
+    def _check_end(self, end: int) -> None:
+        """A tar ends with zero blocks; tarfile stops quietly at a cut header."""
+        assert self._tar is not None
+        offset = self._tar.offset
+        with open(self.path, "rb") as f:
+            f.seek(offset)
+            block = f.read(tarfile.BLOCKSIZE)
+        if len(block) < tarfile.BLOCKSIZE or block.count(0) != tarfile.BLOCKSIZE:
+            raise ArchiveError(f"{self.path} is truncated: it ends at byte {end} without "
+                               "the end-of-archive blocks")
+
+    def __enter__(self) -> Archive:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._tar is not None:
+            self._tar.close()
+            self._tar = None
+
+    def _check_layout(self) -> None:
+        if not self._exists("oci-layout"):
+            hint = " (a docker-archive? only OCI layouts are supported)" \
+                if self._exists("manifest.json") else ""
+            raise ArchiveError(f"{self.path}: no oci-layout file, not an OCI image layout{hint}")
+        layout = parse_json(self._read("oci-layout", MAX_DOCUMENT), "oci-layout")
+        if layout.get("imageLayoutVersion") != "1.0.0":
+            raise ArchiveError(f"{self.path}: unsupported imageLayoutVersion "
+                               f"{layout.get('imageLayoutVersion')!r}")
+        if not self._exists("index.json"):
+            raise ArchiveError(f"{self.path}: no index.json")
+
+    # files ---------------------------------------------------------------
+
+    def _exists(self, name: str) -> bool:
+        if self._tar is None:
+            return (self.path / name).is_file()
+        return name in self._members
+
+    def _size(self, name: str) -> int:
+        if self._tar is None:
+            return (self.path / name).stat().st_size
+        return self._members[name].size
+
+    def _open(self, name: str) -> IO[bytes]:
+        if self._tar is None:
+            return open(self.path / name, "rb")
+        f = self._tar.extractfile(self._members[name])
+        assert f is not None
+        return f
+
+    def _read(self, name: str, limit: int) -> bytes:
+        if self._size(name) > limit:
+            raise ArchiveError(f"{self.path}: {name} is larger than {limit} bytes")
+        with self._open(name) as f:
+            return f.read()
+
+    @staticmethod
+    def _blob_name(digest: str) -> str:
+        alg, _, hexpart = digest.partition(":")
+        if not alg.isalnum() or not hexpart.isalnum():
+            raise ArchiveError(f"invalid digest {digest!r}")
+        return f"blobs/{alg}/{hexpart}"
+
+    # blobs ---------------------------------------------------------------
+
+    def has_blob(self, digest: str) -> bool:
+        return self._exists(self._blob_name(digest))
+
+    def blob_size(self, digest: str) -> int:
+        return self._size(self._blob_name(digest))
+
+    def open_blob(self, desc: Descriptor) -> IO[bytes]:
+        """A reader of the blob's bytes (not verified: the content store and
+        the layer's diff_id check them). ArchiveError if it is missing or has
+        another size."""
+        name = self._blob_name(desc.digest)
+        if not self._exists(name):
+            raise ArchiveError(f"{self.path}: blob {desc.digest} is missing")
+        if self._size(name) != desc.size:
+            raise ArchiveError(f"{self.path}: blob {desc.digest} has {self._size(name)} "
+                               f"bytes, its descriptor says {desc.size}")
+        return self._open(name)
+
+    def read_blob(self, desc: Descriptor) -> bytes:
+        if desc.size > MAX_DOCUMENT:
+            raise ArchiveError(f"{desc.digest}: a document larger than {MAX_DOCUMENT} bytes")
+        with self.open_blob(desc) as f:
+            return verify(f.read(), desc)
+
+    # images --------------------------------------------------------------
+
+    def entries(self) -> list[Entry]:
+        """The images index.json lists, each with its ref name annotation."""
+        index = parse_json(self._read("index.json", MAX_DOCUMENT), "index.json")
+        out = [Entry(d, d.annotations.get(REF_NAME) or None)
+               for d in _descriptors(index, "manifests", "index.json")]
+        if not out:
+            raise ArchiveError(f"{self.path}: index.json lists no image")
+        return out
+
+
+def walk(source: BlobSource, resolved: Resolved) -> Iterator[tuple[Descriptor, dict[str, str]]]:
+    """Every blob of `resolved` that `source` has, children first, each with
+    containerd's ``gc.ref.content`` labels naming its children (``.m.<i>`` on
+    an index, ``.config`` and ``.l.<i>`` on a manifest)."""
+    yield from ((layer, {}) for layer in resolved.layers)
+    yield resolved.config, {}
+    yield resolved.manifest, {**{"containerd.io/gc.ref.content.config": resolved.config.digest},
+                              **{f"containerd.io/gc.ref.content.l.{i}": layer.digest
+                                 for i, layer in enumerate(resolved.layers)}}
+    for desc, children in reversed(resolved.indexes):
+        yield desc, {f"containerd.io/gc.ref.content.m.{i}": child.digest
+                     for i, child in enumerate(children) if source.has_blob(child.digest)}

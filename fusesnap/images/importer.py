@@ -1,0 +1,358 @@
+"""Images from the client side, through the daemon's gRPC APIs and its mount.
+
+:func:`import_archive` puts an OCI archive's images into a daemon: every blob
+into the content store with containerd's ``gc.ref`` labels, each layer into a
+snapshot named by its chain ID (Prepare on the parent chain ID, apply the
+layer into the snapshot's directory, Commit), an image record per image; all
+of it under one lease (its own, unless the caller's channel carries one) so
+that no collection takes a half-made image. :func:`top_chain_id` finds the
+snapshot an image record unpacks to, for ``images prepare``/``mount``.
+
+The pieces a later ``images commit``/``export`` reuses are :class:`Daemon`
+(the stubs with the lease header), :meth:`Daemon.put_blob` and
+:class:`StoreSource` (a :class:`BlobSource` over the content store).
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import secrets
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import IO, Protocol
+
+import grpc
+
+from fusesnap.images.archive import (
+    Archive,
+    ArchiveError,
+    Descriptor,
+    Resolved,
+    resolve,
+    verify,
+    walk,
+)
+from fusesnap.images.layer import Applied, LayerError, apply_layer
+from fusesnap.pb import content_pb2 as cpb
+from fusesnap.pb import descriptor_pb2
+from fusesnap.pb import images_pb2 as ipb
+from fusesnap.pb import leases_pb2 as lpb
+from fusesnap.pb import snapshots_pb2 as spb
+from fusesnap.pb.content_pb2_grpc import ContentStub
+from fusesnap.pb.images_pb2_grpc import ImagesStub
+from fusesnap.pb.leases_pb2_grpc import LeasesStub
+from fusesnap.pb.snapshots_pb2_grpc import SnapshotsStub
+
+SNAPSHOTTER = "fusesnap"
+REF_SNAPSHOT = f"containerd.io/gc.ref.snapshot.{SNAPSHOTTER}"
+EXPIRE_LABEL = "containerd.io/gc.expire"
+LEASE_TTL = datetime.timedelta(hours=24)
+CHUNK = 1 << 20
+
+
+class ImportFailed(Exception):
+    """An import failed; what it made is gone (or left to its lease's expiry)."""
+
+
+class Progress(Protocol):
+    def update(self, done: int, *, final: bool = False) -> None: ...
+
+
+ProgressFactory = Callable[[str, int], Progress]
+"""``(label, total bytes) -> bar``; the CLI draws one on a terminal."""
+
+
+def _code(err: grpc.RpcError) -> grpc.StatusCode | None:
+    return err.code() if isinstance(err, grpc.Call) else None
+
+
+# ---------------------------------------------------------------------- the daemon
+
+
+@dataclass
+class Daemon:
+    """The daemon's stubs; every call carries `metadata` (the import's lease)."""
+
+    channel: grpc.Channel
+    lease: str | None = None
+    """The lease objects join: also added to existing objects the import uses."""
+    lease_header: bool = False
+    """Whether the calls must add the lease header (the channel does not)."""
+    content: ContentStub = field(init=False)
+    snapshots: SnapshotsStub = field(init=False)
+    images: ImagesStub = field(init=False)
+    leases: LeasesStub = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.content = ContentStub(self.channel)
+        self.snapshots = SnapshotsStub(self.channel)
+        self.images = ImagesStub(self.channel)
+        self.leases = LeasesStub(self.channel)
+
+    @property
+    def metadata(self) -> list[tuple[str, str]]:
+        return [("containerd-lease", self.lease)] if self.lease and self.lease_header else []
+
+    def hold(self, resource_type: str, resource_id: str) -> None:
+        """Add an object that exists already to the lease, so that it outlives
+        any collection until the image record references it."""
+        if self.lease:
+            self.leases.AddResource(lpb.AddResourceRequest(
+                id=self.lease, resource=lpb.Resource(id=resource_id, type=resource_type)))
+
+    def put_blob(self, desc: Descriptor, open_data: Callable[[], IO[bytes]],
+                 labels: dict[str, str], progress: ProgressFactory | None = None) -> bool:
+        """Store a blob with `labels` unless it is there (then add the labels it
+        lacks); joins the lease either way. Returns whether bytes were sent."""
+        try:
+            info = self.content.Info(cpb.InfoRequest(digest=desc.digest),
+                                     metadata=self.metadata).info
+        except grpc.RpcError as err:
+            if _code(err) != grpc.StatusCode.NOT_FOUND:
+                raise
+        else:
+            self._relabel(desc.digest, dict(info.labels), labels)
+            return False
+        bar = progress(f"upload {short(desc.digest)}", desc.size) if progress else None
+        with open_data() as data:
+            try:
+                for _ in self.content.Write(self._writes(desc, data, labels, bar),
+                                            metadata=self.metadata):
+                    pass
+            except grpc.RpcError as err:
+                if _code(err) != grpc.StatusCode.ALREADY_EXISTS:
+                    raise
+                self._relabel(desc.digest, {}, labels)
+                return False
+        if bar is not None:
+            bar.update(desc.size, final=True)
+        return True
+
+    def _writes(self, desc: Descriptor, data: IO[bytes], labels: dict[str, str],
+                bar: Progress | None) -> Iterator[cpb.WriteContentRequest]:
+        # WRITE at offset 0 restarts an ingest an earlier import left behind.
+        ref = f"import-{desc.digest}"
+        offset = 0
+        first = True
+        while chunk := data.read(CHUNK):
+            yield cpb.WriteContentRequest(action=cpb.WRITE, ref=ref if first else "",
+                                          offset=offset, data=chunk, total=desc.size,
+                                          expected=desc.digest)
+            first = False
+            offset += len(chunk)
+            if bar is not None:
+                bar.update(offset)
+        yield cpb.WriteContentRequest(action=cpb.COMMIT, ref=ref if first else "",
+                                      offset=offset, total=desc.size, expected=desc.digest,
+                                      labels=labels)
+
+    def _relabel(self, digest: str, have: dict[str, str], want: dict[str, str]) -> None:
+        self.hold("content", digest)
+        missing = {k: v for k, v in want.items() if have.get(k) != v}
+        if missing:
+            self.content.Update(cpb.UpdateRequest(
+                info=cpb.Info(digest=digest, labels=missing),
+                update_mask={"paths": [f"labels.{k}" for k in missing]}),
+                metadata=self.metadata)
+
+    def committed(self, name: str) -> bool:
+        """Whether committed snapshot `name` exists (then it joins the lease)."""
+        try:
+            info = self.snapshots.Stat(spb.StatSnapshotRequest(snapshotter=SNAPSHOTTER,
+                                                                key=name)).info
+        except grpc.RpcError as err:
+            if _code(err) == grpc.StatusCode.NOT_FOUND:
+                return False
+            raise
+        if info.kind != spb.COMMITTED:
+            raise ImportFailed(f"snapshot {name} exists but is not committed")
+        self.hold(f"snapshots/{SNAPSHOTTER}", name)
+        return True
+
+    def directory(self, key: str, mounts: Sequence[object]) -> str:
+        for m in mounts:
+            source = getattr(m, "source", "")
+            if source:
+                return str(source)
+        raise ImportFailed(f"the daemon returned no mount for {key}")
+
+
+def short(digest: str) -> str:
+    return digest.partition(":")[2][:12] or digest
+
+
+class StoreSource:
+    """The content store as a :class:`BlobSource` (documents only: read whole)."""
+
+    def __init__(self, content: ContentStub) -> None:
+        self.content = content
+
+    def read_blob(self, desc: Descriptor) -> bytes:
+        data = b"".join(r.data for r in self.content.Read(
+            cpb.ReadContentRequest(digest=desc.digest)))
+        return verify(data, desc)
+
+    def has_blob(self, digest: str) -> bool:
+        try:
+            self.content.Info(cpb.InfoRequest(digest=digest))
+        except grpc.RpcError as err:
+            if _code(err) == grpc.StatusCode.NOT_FOUND:
+                return False
+            raise
+        return True
+
+
+# ---------------------------------------------------------------------- import
+
+
+@dataclass
+class Imported:
+    name: str
+    target: Descriptor
+    chain_ids: list[str]
+    applied: list[str] = field(default_factory=list)
+    """Chain IDs this import applied; the others existed already."""
+
+
+def unpack(daemon: Daemon, archive: Archive, image: Resolved,
+           progress: ProgressFactory | None = None) -> list[str]:
+    """Make the snapshot chain of `image`; returns the chain IDs it applied."""
+    applied: list[str] = []
+    parent = ""
+    chain = image.chain_ids
+    for i, (layer, diff_id, chain_id) in enumerate(zip(image.layers, image.diff_ids, chain,
+                                                       strict=True)):
+        if not daemon.committed(chain_id):
+            label = f"layer {i + 1}/{len(chain)} {short(layer.digest)}"
+            bar = progress(label, layer.size) if progress else None
+            with archive.open_blob(layer) as blob:
+                apply_into(daemon, chain_id, parent, blob, diff_id,
+                           bar.update if bar is not None else None)
+            if bar is not None:
+                bar.update(layer.size, final=True)
+            applied.append(chain_id)
+        parent = chain_id
+    return applied
+
+
+def apply_into(daemon: Daemon, chain_id: str, parent: str, blob: IO[bytes], diff_id: str,
+               progress: Callable[[int], None] | None = None) -> Applied:
+    """Prepare an extract snapshot on `parent`, apply the layer into its
+    directory, commit it as `chain_id`. On any failure the extract snapshot is
+    removed; a concurrent commit of the same chain ID counts as success."""
+    key = f"{chain_id}-extract-{secrets.token_hex(6)}"
+    resp = daemon.snapshots.Prepare(spb.PrepareSnapshotRequest(
+        snapshotter=SNAPSHOTTER, key=key, parent=parent), metadata=daemon.metadata)
+    try:
+        result = apply_layer(blob, daemon.directory(key, resp.mounts),
+                             expected_diff_id=diff_id, progress=progress)
+        daemon.snapshots.Commit(spb.CommitSnapshotRequest(
+            snapshotter=SNAPSHOTTER, name=chain_id, key=key), metadata=daemon.metadata)
+        return result
+    except BaseException as err:
+        _remove_quietly(daemon, key)
+        if isinstance(err, grpc.RpcError) and _code(err) == grpc.StatusCode.ALREADY_EXISTS:
+            return Applied(diff_id=diff_id, size=0)
+        raise
+
+
+def _remove_quietly(daemon: Daemon, key: str) -> None:
+    try:
+        daemon.snapshots.Remove(spb.RemoveSnapshotRequest(snapshotter=SNAPSHOTTER, key=key),
+                                metadata=daemon.metadata)
+    except grpc.RpcError as err:
+        if _code(err) != grpc.StatusCode.NOT_FOUND:
+            raise
+
+
+def pb_descriptor(desc: Descriptor) -> descriptor_pb2.Descriptor:
+    return descriptor_pb2.Descriptor(media_type=desc.media_type, digest=desc.digest,
+                                     size=desc.size, annotations=dict(desc.annotations))
+
+
+def record_image(daemon: Daemon, name: str, target: Descriptor) -> None:
+    """Create image `name` pointing at `target`, or point the existing one there."""
+    image = ipb.Image(name=name, target=pb_descriptor(target))
+    try:
+        daemon.images.Create(ipb.CreateImageRequest(image=image), metadata=daemon.metadata)
+    except grpc.RpcError as err:
+        if _code(err) != grpc.StatusCode.ALREADY_EXISTS:
+            raise
+        daemon.images.Update(ipb.UpdateImageRequest(image=image, update_mask={"paths": ["target"]}),
+                             metadata=daemon.metadata)
+
+
+def _plan(archive: Archive, name: str | None) -> list[tuple[str, Resolved]]:
+    entries = archive.entries()
+    if name is not None and len(entries) != 1:
+        raise ArchiveError(f"--name needs an archive of one image; this one has {len(entries)}")
+    plan = []
+    for entry in entries:
+        image_name = name or entry.name
+        if not image_name:
+            raise ArchiveError(f"image {entry.target.digest} has no "
+                               "org.opencontainers.image.ref.name annotation: give --name")
+        plan.append((image_name, resolve(archive, entry.target)))
+    return plan
+
+
+def import_archive(channel: grpc.Channel, path: str | os.PathLike[str], *,
+                   name: str | None = None, lease: str | None = None,
+                   progress: ProgressFactory | None = None) -> list[Imported]:
+    """Import the OCI archive at `path` (see the module docstring). `lease`: the
+    lease the channel's calls already carry (the CLI's ``--lease``); without
+    one the import creates its own (expiring in 24 h) and deletes it at the
+    end, whether it succeeded or not. Raises ArchiveError, LayerError,
+    ImportFailed or grpc.RpcError."""
+    with Archive(path) as archive:
+        plan = _plan(archive, name)  # every document read and checked before any change
+        daemon = Daemon(channel, lease)
+        own = lease is None
+        if own:
+            daemon.lease = f"fusesnap-import-{secrets.token_hex(8)}"
+            daemon.lease_header = True
+            expire = datetime.datetime.now(datetime.UTC) + LEASE_TTL
+            daemon.leases.Create(lpb.CreateRequest(id=daemon.lease, labels={
+                EXPIRE_LABEL: expire.isoformat(timespec="seconds").replace("+00:00", "Z")}))
+        try:
+            return _import(daemon, archive, plan, progress)
+        finally:
+            if own:
+                assert daemon.lease is not None
+                daemon.leases.Delete(lpb.DeleteRequest(id=daemon.lease))
+
+
+def _import(daemon: Daemon, archive: Archive, plan: list[tuple[str, Resolved]],
+            progress: ProgressFactory | None) -> list[Imported]:
+    done: list[Imported] = []
+    for image_name, image in plan:
+        for desc, labels in walk(archive, image):
+            if desc == image.config and image.layers:
+                labels = {**labels, REF_SNAPSHOT: image.chain_ids[-1]}
+            daemon.put_blob(desc, _opener(archive, desc), labels, progress)
+        applied = unpack(daemon, archive, image, progress)
+        record_image(daemon, image_name, image.target)
+        done.append(Imported(image_name, image.target, image.chain_ids, applied))
+    return done
+
+
+def _opener(archive: Archive, desc: Descriptor) -> Callable[[], IO[bytes]]:
+    return lambda: archive.open_blob(desc)
+
+
+# ---------------------------------------------------------------------- image records
+
+
+def top_chain_id(daemon: Daemon, name: str) -> str:
+    """The chain ID of the top layer of image `name` for this platform ("" for
+    an image without layers), from its documents in the content store."""
+    image = daemon.images.Get(ipb.GetImageRequest(name=name)).image
+    t = image.target
+    target = Descriptor(t.media_type, t.digest, t.size, dict(t.annotations))
+    chain = resolve(StoreSource(daemon.content), target).chain_ids
+    return chain[-1] if chain else ""
+
+
+__all__ = ["ArchiveError", "Daemon", "ImportFailed", "Imported", "LayerError", "StoreSource",
+           "apply_into", "import_archive", "record_image", "top_chain_id", "unpack"]
