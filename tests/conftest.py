@@ -17,6 +17,9 @@ import pytest
 from fusesnap.pb import snapshots_pb2 as spb
 from fusesnap.pb import snapshots_pb2_grpc
 
+# The rootless suites' fixtures (user, workdir, rootless_daemon).
+pytest_plugins = ["tests.rootless_env"]
+
 START_TIMEOUT = 30.0
 
 PROXY = ("--role", "proxy")

@@ -6,7 +6,9 @@ fusesnap socket both as a ``snapshot`` proxy plugin (``fusesnap``) and as a
 ``content`` proxy plugin (``fusesnap-content``) and disables the built-in
 content store, as spec §9.1 says; CRI and every plugin that needs a network or
 a special filesystem are disabled. :meth:`Containerd.ctr` runs ``ctr`` against
-it. :meth:`Containerd.stop` leaves nothing behind: tasks, shims, runc
+it. Without a fusesnap socket it is a plain containerd instead: its built-in
+content store and ``native`` snapshotter, no proxy plugins (where the tests
+import what fusesnap exports). :meth:`Containerd.stop` leaves nothing behind: tasks, shims, runc
 containers, shim sockets and mounts under its directory.
 """
 
@@ -24,12 +26,14 @@ CONTAINERD = "/usr/bin/containerd"
 TOOLS = ("containerd", "ctr", "containerd-shim-runc-v2", "runc", "umoci")
 NAMESPACE = "test"
 SNAPSHOTTER = "fusesnap"
+NATIVE = "native"
 CONTENT_PLUGIN = "fusesnap-content"
 START_TIMEOUT = 30.0
 SHIM_SOCKETS = Path("/run/containerd/s")  # fixed in containerd 1.6 (runtime/v2/shim)
 
+BUILTIN_CONTENT = "io.containerd.content.v1.content"
 DISABLED = [
-    "io.containerd.content.v1.content",  # spec §9.1: our proxy must be the only content store
+    BUILTIN_CONTENT,  # spec §9.1: our proxy must be the only content store
     "io.containerd.grpc.v1.cri",
     "io.containerd.snapshotter.v1.aufs",
     "io.containerd.snapshotter.v1.btrfs",
@@ -65,9 +69,11 @@ class CtrError(AssertionError):
 class Containerd:
     """One containerd process on `base` (its root, state, socket, config, log)."""
 
-    def __init__(self, base: Path, fusesnap_socket: Path, namespace: str = NAMESPACE) -> None:
+    def __init__(self, base: Path, fusesnap_socket: Path | None,
+                 namespace: str = NAMESPACE) -> None:
         self.base = base
         self.fusesnap_socket = fusesnap_socket
+        self.snapshotter = SNAPSHOTTER if fusesnap_socket is not None else NATIVE
         self.namespace = namespace
         self.root = base / "root"
         self.state = base / "state"
@@ -78,7 +84,8 @@ class Containerd:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def config_text(self) -> str:
-        disabled = ", ".join(f'"{p}"' for p in DISABLED)
+        plugins = [p for p in DISABLED if self.fusesnap_socket is not None or p != BUILTIN_CONTENT]
+        disabled = ", ".join(f'"{p}"' for p in plugins)
         return f"""\
 version = 2
 root = "{self.root}"
@@ -102,7 +109,12 @@ disabled_plugins = [{disabled}]
 # one, seconds after a deletion; 0.5 makes it follow deletions at once.
 [plugins."io.containerd.gc.v1.scheduler"]
   pause_threshold = 0.5
+{self._proxy_plugins()}"""
 
+    def _proxy_plugins(self) -> str:
+        if self.fusesnap_socket is None:
+            return ""
+        return f"""
 [proxy_plugins]
   [proxy_plugins.{SNAPSHOTTER}]
     type = "snapshot"
@@ -145,9 +157,9 @@ disabled_plugins = [{disabled}]
     def run(self, image: str, cid: str, *command: str, options: tuple[str, ...] = (),
             rm: bool = True, timeout: float = 60,
             check: bool = True) -> subprocess.CompletedProcess[str]:
-        """`ctr run [OPTIONS] IMAGE CID COMMAND…` on fusesnap, runc's state kept under `base`;
+        """`ctr run [OPTIONS] IMAGE CID COMMAND…` on its snapshotter, runc's state under `base`;
         with `rm`, the container and its snapshot are removed when it exits."""
-        return self.ctr("run", *(["--rm"] if rm else []), "--snapshotter", SNAPSHOTTER,
+        return self.ctr("run", *(["--rm"] if rm else []), "--snapshotter", self.snapshotter,
                         "--runc-root", str(self.runc_root), *options, image, cid, *command,
                         timeout=timeout, check=check)
 

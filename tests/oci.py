@@ -1,7 +1,7 @@
 """Offline builder of OCI image archives for the tests.
 
 An :class:`Image` is a list of :class:`Layer` s, each a list of tar entries
-(files, directories, symlinks, hard links, fifos, whiteouts, opaque markers;
+(files, directories, symlinks, hard links, fifos, device nodes, whiteouts, opaque markers;
 xattrs as PAX ``SCHILY.xattr.*`` records). :func:`write_archive` writes a tar
 of an OCI image layout (``oci-layout``, ``index.json``, ``blobs/sha256/…``)
 that ``ctr images import`` and ``umoci`` read; the index names the image with
@@ -91,6 +91,18 @@ class Fifo:
 
 
 @dataclass(frozen=True)
+class Device:
+    """A character (`block` False) or block device node."""
+    path: str
+    major: int
+    minor: int
+    block: bool = False
+    mode: int = 0o666
+    uid: int = 0
+    gid: int = 0
+
+
+@dataclass(frozen=True)
 class Whiteout:
     """Deletes `path` of the lower layers (``dir/.wh.name``)."""
     path: str
@@ -103,7 +115,7 @@ class Opaque:
     path: str
 
 
-Entry = File | Dir | Symlink | HardLink | Fifo | Whiteout | Opaque
+Entry = File | Dir | Symlink | HardLink | Fifo | Device | Whiteout | Opaque
 
 
 @dataclass(frozen=True)
@@ -177,6 +189,10 @@ def layer_tar(entries: Sequence[Entry]) -> bytes:
                 info.linkname = _name(e.target)
             elif isinstance(e, Fifo):
                 info = _info(_name(e.path), tarfile.FIFOTYPE, e.mode, e.uid, e.gid)
+            elif isinstance(e, Device):
+                kind = tarfile.BLKTYPE if e.block else tarfile.CHRTYPE
+                info = _info(_name(e.path), kind, e.mode, e.uid, e.gid)
+                info.devmajor, info.devminor = e.major, e.minor
             elif isinstance(e, Whiteout):
                 p = PurePosixPath(_name(e.path))
                 info = _info(str(p.parent / (WHITEOUT_PREFIX + p.name)), tarfile.REGTYPE)

@@ -16,90 +16,19 @@ import shutil
 import stat
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pyfuse3
 import pytest
 
-from tests.conftest import fuse_usable
-
-USER = "fusesnap-rootless"
-REPO = Path(__file__).resolve().parents[1]
-SYSTEM_PYTHON = "/usr/bin/python3"
+from tests.rootless_env import (  # fixtures user, workdir, rootless_daemon
+    SYSTEM_PYTHON,
+    as_user,
+    assert_only_users_plain_files,
+)
 
 pytestmark = pytest.mark.rootless
-
-
-def _readable_by(user: pwd.struct_passwd, path: Path) -> bool:
-    probe = subprocess.run(["runuser", "-u", user.pw_name, "--", "test", "-r", str(path)])
-    return probe.returncode == 0
-
-
-@pytest.fixture(scope="module")
-def user() -> pwd.struct_passwd:
-    if os.getuid() != 0:
-        pytest.skip("creating an ordinary user for the rootless suite needs root")
-    missing = fuse_usable()
-    if missing:
-        pytest.skip(f"FUSE unavailable: {missing}")
-    if not os.path.exists(SYSTEM_PYTHON) or not shutil.which("runuser"):
-        pytest.skip(f"{SYSTEM_PYTHON} and runuser are needed (Debian packages python3, util-linux)")
-    try:
-        return pwd.getpwnam(USER)
-    except KeyError:
-        subprocess.run(["useradd", "--create-home", "--shell", "/bin/sh", USER], check=True)
-        return pwd.getpwnam(USER)
-
-
-@pytest.fixture
-def workdir(user: pwd.struct_passwd) -> Iterator[Path]:
-    d = Path(tempfile.mkdtemp(prefix="fusesnap-rootless-"))
-    d.chmod(0o755)
-    os.chown(d, user.pw_uid, user.pw_gid)
-    yield d
-    subprocess.run(["fusermount3", "-u", "-z", str(d / "root" / "mnt")], capture_output=True)
-    shutil.rmtree(d, ignore_errors=True)
-
-
-def _env() -> dict[str, str]:
-    site = str(Path(pyfuse3.__file__).resolve().parent.parent)
-    return {"PYTHONPATH": f"{REPO}:{site}", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
-            "HOME": "/nonexistent", "LANG": "C.UTF-8"}
-
-
-def _as_user(user: pwd.struct_passwd) -> dict:
-    """Popen arguments that run a command as `user` (no wrapper process in between,
-    so signals reach the command itself)."""
-    return {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": [], "env": _env(),
-            "cwd": "/"}
-
-
-@pytest.fixture
-def rootless_daemon(user: pwd.struct_passwd, workdir: Path) -> Iterator[Path]:
-    site = Path(pyfuse3.__file__).resolve().parent.parent
-    if not (_readable_by(user, REPO / "fusesnap" / "__init__.py")
-            and _readable_by(user, site / "trio" / "__init__.py")):
-        pytest.skip(f"{USER} cannot read the source tree {REPO} or {site}")
-    log = open(workdir / "daemon.log", "wb")
-    proc = subprocess.Popen(
-        [SYSTEM_PYTHON, "-m", "fusesnap", "serve", "--root", str(workdir / "root"),
-         "--socket", str(workdir / "sock")],
-        stdout=log, stderr=log, **_as_user(user))
-    deadline = time.monotonic() + 30
-    while not (workdir / "daemon.log").read_bytes().rstrip().endswith(b"serving"):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail("rootless daemon did not start:\n"
-                        + (workdir / "daemon.log").read_text())
-        time.sleep(0.05)
-    yield workdir
-    proc.terminate()
-    assert proc.wait(timeout=30) == 0, (workdir / "daemon.log").read_text()
-    log.close()
 
 
 CLIENT = textwrap.dedent("""
@@ -152,7 +81,7 @@ def _client(user: pwd.struct_passwd, workdir: Path, step: str) -> dict:
     script.write_text(CLIENT)
     proc = subprocess.run(
         [SYSTEM_PYTHON, str(script), str(workdir / "sock"), step],
-        capture_output=True, text=True, timeout=60, **_as_user(user))
+        capture_output=True, text=True, timeout=60, **as_user(user))
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
 
@@ -187,12 +116,7 @@ def test_ordinary_user_prepares_fills_commits_and_views_without_mounting(
     assert seen["view_write_errno"] == 30  # EROFS
 
     # The host holds only plain files of the ordinary user: no device node, no root file.
-    for path in (workdir / "root").rglob("*"):
-        if path.is_relative_to(mounts):
-            continue
-        st = path.lstat()
-        assert st.st_uid == user.pw_uid, path
-        assert not (stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)), path
+    assert_only_users_plain_files(workdir / "root", user)
 
 
 def test_chown_to_root_inside_a_user_namespace_is_recorded(
@@ -207,7 +131,7 @@ def test_chown_to_root_inside_a_user_namespace_is_recorded(
             ["unshare", "--user", "--map-root-user", "--mount", SYSTEM_PYTHON, "-m",
              "fusesnap", "serve", "--root", str(workdir / "root"),
              "--socket", str(workdir / "sock")],
-            stdout=log, stderr=log, **_as_user(user))
+            stdout=log, stderr=log, **as_user(user))
     try:
         deadline = time.monotonic() + 30
         while not log_path.read_bytes().rstrip().endswith(b"serving"):
@@ -223,7 +147,7 @@ def test_chown_to_root_inside_a_user_namespace_is_recorded(
         client = subprocess.run(
             ["nsenter", "--user", "--mount", "--preserve-credentials", "-t", str(proc.pid),
              SYSTEM_PYTHON, str(script), str(workdir / "sock"), "userns"],
-            capture_output=True, text=True, timeout=60, **_as_user(user))
+            capture_output=True, text=True, timeout=60, **as_user(user))
         assert client.returncode == 0, client.stderr
         import json
 

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import grpc
 
+from fusesnap.api.apply import ApplierServicer
 from fusesnap.api.content import ContentServicer
+from fusesnap.api.diff import DiffServicer
 from fusesnap.api.headers import Headers
 from fusesnap.api.images import ImagesServicer
 from fusesnap.api.leases import GCServicer, LeasesServicer
@@ -19,7 +21,9 @@ from fusesnap.content.store import ContentStore
 from fusesnap.images.store import ImageStore
 from fusesnap.leases.gc import Collector
 from fusesnap.pb import (
+    apply_pb2_grpc,
     content_pb2_grpc,
+    diff_pb2_grpc,
     gc_pb2_grpc,
     images_pb2_grpc,
     leases_pb2_grpc,
@@ -49,6 +53,9 @@ def make_server(bridge: TrioBridge, socket: Path, role: Role, snapshotter: Snaps
     content_pb2_grpc.add_ContentServicer_to_server(
         ContentServicer(bridge, content, headers), server)
     namespaces_pb2_grpc.add_NamespacesServicer_to_server(NamespacesServicer(), server)
+    apply_pb2_grpc.add_ApplierServicer_to_server(
+        ApplierServicer(bridge, snapshotter, content), server)
+    diff_pb2_grpc.add_DifferServicer_to_server(DiffServicer(bridge, snapshotter), server)
     if role is Role.DIRECT:
         leases = snapshotter.leases
         leases_pb2_grpc.add_LeasesServicer_to_server(

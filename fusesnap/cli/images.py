@@ -13,6 +13,10 @@
     fusesnap images prepare NAME KEY          prints the directory of a new active
                                               snapshot on the image's top layer
     fusesnap images mount NAME [--key KEY]    prints the directory of a read-only view
+    fusesnap images commit KEY NAME [--base IMAGE]
+                                              active snapshot KEY's changes as a new
+                                              image: the base image plus one layer
+    fusesnap images export NAME ARCHIVE       the image as a tar of an OCI layout
 
 `import` stores every blob of the archive (with containerd's ``gc.ref``
 labels), applies each layer into a snapshot named by its chain ID (layers
@@ -25,6 +29,14 @@ one per layer, go to stderr when it is a terminal.
 `prepare` and `mount` put the new snapshot under the global ``--lease`` if
 given, else label it ``containerd.io/gc.root`` so that garbage collection
 keeps it: ``fusesnap snapshots rm KEY`` removes it.
+
+`commit` diffs KEY against its parent (the top layer of the image `prepare`
+made it from, or ``--base``), stores the gzipped layer, a config with its
+diff_id and a history entry, and a manifest with the layer on top, commits KEY
+as the new layer's snapshot (KEY is gone afterwards; `prepare NAME` starts
+from it), points image NAME at the new manifest and prints ``NAME DIGEST``.
+`export` writes the image's manifest for this platform, its config and
+layers, with an index.json naming it NAME, as ``ctr images import`` reads.
 
 An image is a record only: `create` neither checks nor fetches its target.
 SIZE is the size of the target descriptor (a manifest or an index), not of
@@ -50,6 +62,8 @@ from fusesnap.cli import add_socket_option, client
 from fusesnap.cli.content import ProgressBar, age, labels_text
 from fusesnap.cli.snapshots import directory, mount_json
 from fusesnap.images.archive import ArchiveError
+from fusesnap.images.commit import BASE_LABEL, CommitFailed, commit_image
+from fusesnap.images.export import export_image
 from fusesnap.images.importer import (
     SNAPSHOTTER,
     Daemon,
@@ -172,7 +186,7 @@ def _on_image(args: argparse.Namespace, channel: grpc.Channel, key: str, view: b
         parent = top_chain_id(daemon, args.name)
     except ArchiveError as err:
         raise client.CommandError(f"image {args.name}: {err}") from err
-    labels = {}
+    labels = {BASE_LABEL: args.name}
     if not args.lease:
         labels[GC_ROOT] = datetime.datetime.now(datetime.UTC).isoformat(
             timespec="seconds").replace("+00:00", "Z")
@@ -196,6 +210,26 @@ def _prepare(args: argparse.Namespace, channel: grpc.Channel) -> None:
 
 def _mount(args: argparse.Namespace, channel: grpc.Channel) -> None:
     _on_image(args, channel, args.key or f"{args.name}-view-{secrets.token_hex(4)}", view=True)
+
+
+def _commit(args: argparse.Namespace, channel: grpc.Channel) -> None:
+    try:
+        done = commit_image(channel, args.key, args.name, base=args.base, lease=args.lease)
+    except (ArchiveError, CommitFailed) as err:
+        raise client.CommandError(f"commit {args.key}: {err}") from err
+    if args.json:
+        client.print_json({"name": done.name, "digest": done.target.digest,
+                           "media_type": done.target.media_type, "layer": done.layer.digest,
+                           "diff_id": done.diff_id, "chain_id": done.chain_id})
+    else:
+        print(f"{done.name} {done.target.digest}")
+
+
+def _export(args: argparse.Namespace, channel: grpc.Channel) -> None:
+    try:
+        export_image(channel, args.name, args.archive)
+    except (ArchiveError, OSError) as err:
+        raise client.CommandError(f"export {args.name}: {err}") from err
 
 
 # ---------------------------------------------------------------------- parser
@@ -273,3 +307,17 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--key", default=None, metavar="KEY",
                    help="key of the view (default: NAME-view-RANDOM)")
     on_channel(p, _mount)
+
+    p = command("commit", _commit, "make image NAME from active snapshot KEY: its "
+                "changes as one more layer on the image it was prepared from", json=True)
+    p.add_argument("key", metavar="KEY")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--base", default=None, metavar="IMAGE",
+                   help="the image KEY was prepared from (default: as `images prepare` "
+                        "recorded it)")
+    on_channel(p, _commit)
+
+    p = command("export", _export, "write an image to a tar of an OCI image layout")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("archive", metavar="ARCHIVE")
+    on_channel(p, _export)

@@ -11,6 +11,7 @@
     fusesnap snapshots usage [KEY]
     fusesnap snapshots label KEY k=v…           `k=` removes label k
     fusesnap snapshots tree
+    fusesnap snapshots diff KEY > layer.tar     the snapshot's changes as an OCI layer
 
 JSON shapes (``--json``): an Info is ``{"name", "parent", "kind", "labels",
 "created_at", "updated_at"}`` with kind ``active``/``committed``/``view`` (the
@@ -22,6 +23,7 @@ a tree node is ``{"name", "kind", "children"}``.
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Iterable
 from typing import Any
 
@@ -30,6 +32,8 @@ import grpc
 from fusesnap.cli import add_socket_option, client
 from fusesnap.pb import mount_pb2
 from fusesnap.pb import snapshots_pb2 as spb
+from fusesnap.pb.diff_pb2 import DiffRequest
+from fusesnap.pb.diff_pb2_grpc import DifferStub
 from fusesnap.pb.snapshots_pb2_grpc import SnapshotsStub
 
 SNAPSHOTTER = "fusesnap"
@@ -219,6 +223,16 @@ def _tree(args: argparse.Namespace, stub: SnapshotsStub) -> None:
             print(line)
 
 
+def _diff(args: argparse.Namespace, channel: grpc.Channel) -> None:
+    out = sys.stdout.buffer
+    if out.isatty():
+        raise client.CommandError("refusing to write a tar to a terminal: redirect it "
+                                  f"(fusesnap snapshots diff {args.key} > layer.tar)")
+    for resp in DifferStub(channel).Diff(DiffRequest(key=args.key)):
+        out.write(resp.data)
+    out.flush()
+
+
 # ---------------------------------------------------------------------- parser
 
 
@@ -275,3 +289,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("labels", metavar="KEY=VALUE", nargs="+", type=client.label_arg)
 
     command("tree", _tree, "print snapshots as a parent/child tree", json=True)
+
+    p = command("diff", _diff, "write the changes of snapshot KEY (active or committed) "
+                "relative to its parent to stdout as an uncompressed OCI layer tar")
+    p.add_argument("key", metavar="KEY")
+    p.set_defaults(func=lambda args: client.run(args, lambda channel: _diff(args, channel)))

@@ -2,8 +2,9 @@
 
 :func:`import_archive` puts an OCI archive's images into a daemon: every blob
 into the content store with containerd's ``gc.ref`` labels, each layer into a
-snapshot named by its chain ID (Prepare on the parent chain ID, apply the
-layer into the snapshot's directory, Commit), an image record per image; all
+snapshot named by its chain ID (Prepare on the parent chain ID, the daemon's
+Applier service applies the layer blob straight into the snapshot's layer,
+Commit), an image record per image; all
 of it under one lease (its own, unless the caller's channel carries one) so
 that no collection takes a half-made image. :func:`top_chain_id` finds the
 snapshot an image record unpacks to, for ``images prepare``/``mount``.
@@ -19,6 +20,7 @@ import datetime
 import os
 import secrets
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import IO, Protocol
 
@@ -34,11 +36,13 @@ from fusesnap.images.archive import (
     walk,
 )
 from fusesnap.images.layer import Applied, LayerError, apply_layer
+from fusesnap.pb import apply_pb2 as apb
 from fusesnap.pb import content_pb2 as cpb
 from fusesnap.pb import descriptor_pb2
 from fusesnap.pb import images_pb2 as ipb
 from fusesnap.pb import leases_pb2 as lpb
 from fusesnap.pb import snapshots_pb2 as spb
+from fusesnap.pb.apply_pb2_grpc import ApplierStub
 from fusesnap.pb.content_pb2_grpc import ContentStub
 from fusesnap.pb.images_pb2_grpc import ImagesStub
 from fusesnap.pb.leases_pb2_grpc import LeasesStub
@@ -83,8 +87,10 @@ class Daemon:
     snapshots: SnapshotsStub = field(init=False)
     images: ImagesStub = field(init=False)
     leases: LeasesStub = field(init=False)
+    applier: ApplierStub = field(init=False)
 
     def __post_init__(self) -> None:
+        self.applier = ApplierStub(self.channel)
         self.content = ContentStub(self.channel)
         self.snapshots = SnapshotsStub(self.channel)
         self.images = ImagesStub(self.channel)
@@ -226,9 +232,7 @@ def unpack(daemon: Daemon, archive: Archive, image: Resolved,
         if not daemon.committed(chain_id):
             label = f"layer {i + 1}/{len(chain)} {short(layer.digest)}"
             bar = progress(label, layer.size) if progress else None
-            with archive.open_blob(layer) as blob:
-                apply_into(daemon, chain_id, parent, blob, diff_id,
-                           bar.update if bar is not None else None)
+            apply_into(daemon, chain_id, parent, layer, diff_id)
             if bar is not None:
                 bar.update(layer.size, final=True)
             applied.append(chain_id)
@@ -236,17 +240,46 @@ def unpack(daemon: Daemon, archive: Archive, image: Resolved,
     return applied
 
 
-def apply_into(daemon: Daemon, chain_id: str, parent: str, blob: IO[bytes], diff_id: str,
-               progress: Callable[[int], None] | None = None) -> Applied:
-    """Prepare an extract snapshot on `parent`, apply the layer into its
-    directory, commit it as `chain_id`. On any failure the extract snapshot is
-    removed; a concurrent commit of the same chain ID counts as success."""
+def apply_into(daemon: Daemon, chain_id: str, parent: str, layer: Descriptor,
+               diff_id: str) -> Applied:
+    """Prepare an extract snapshot on `parent`, have the daemon apply the layer
+    blob `layer` (in its content store) straight into it (the Applier
+    service), commit it as `chain_id`. On any failure the extract snapshot is
+    removed; a concurrent commit of the same chain ID counts as success.
+    LayerError if the daemon refuses the layer."""
+    def apply(key: str, directory: str) -> Applied:
+        try:
+            resp = daemon.applier.Apply(apb.ApplyRequest(
+                key=key, digest=layer.digest, media_type=layer.media_type, diff_id=diff_id),
+                metadata=daemon.metadata)
+        except grpc.RpcError as err:
+            if _code(err) in (grpc.StatusCode.INVALID_ARGUMENT,
+                              grpc.StatusCode.FAILED_PRECONDITION):
+                details = err.details() if isinstance(err, grpc.Call) else str(err)
+                raise LayerError(f"layer {layer.digest}: {details}") from None
+            raise
+        return Applied(diff_id=resp.diff_id, size=resp.size, skipped=list(resp.skipped))
+    return _extract(daemon, chain_id, parent, diff_id, apply)
+
+
+def apply_through_mount(daemon: Daemon, chain_id: str, parent: str, blob: IO[bytes],
+                        diff_id: str, progress: Callable[[int], None] | None = None
+                        ) -> Applied:
+    """:func:`apply_into`, but the client applies the layer read from `blob`
+    through the snapshot's directory under the mount (fusesnap.images.layer):
+    the reference the direct apply is tested against."""
+    return _extract(daemon, chain_id, parent, diff_id, lambda key, directory: apply_layer(
+        blob, directory, expected_diff_id=diff_id, progress=progress))
+
+
+def _extract(daemon: Daemon, chain_id: str, parent: str, diff_id: str,
+             apply: Callable[[str, str], Applied]) -> Applied:
+    """Prepare, `apply(key, directory)`, Commit; Remove on failure."""
     key = f"{chain_id}-extract-{secrets.token_hex(6)}"
     resp = daemon.snapshots.Prepare(spb.PrepareSnapshotRequest(
         snapshotter=SNAPSHOTTER, key=key, parent=parent), metadata=daemon.metadata)
     try:
-        result = apply_layer(blob, daemon.directory(key, resp.mounts),
-                             expected_diff_id=diff_id, progress=progress)
+        result = apply(key, daemon.directory(key, resp.mounts))
         daemon.snapshots.Commit(spb.CommitSnapshotRequest(
             snapshotter=SNAPSHOTTER, name=chain_id, key=key), metadata=daemon.metadata)
         return result
@@ -307,20 +340,28 @@ def import_archive(channel: grpc.Channel, path: str | os.PathLike[str], *,
     ImportFailed or grpc.RpcError."""
     with Archive(path) as archive:
         plan = _plan(archive, name)  # every document read and checked before any change
-        daemon = Daemon(channel, lease)
-        own = lease is None
-        if own:
-            daemon.lease = f"fusesnap-import-{secrets.token_hex(8)}"
-            daemon.lease_header = True
-            expire = datetime.datetime.now(datetime.UTC) + LEASE_TTL
-            daemon.leases.Create(lpb.CreateRequest(id=daemon.lease, labels={
-                EXPIRE_LABEL: expire.isoformat(timespec="seconds").replace("+00:00", "Z")}))
-        try:
+        with leased(Daemon(channel), lease, "import") as daemon:
             return _import(daemon, archive, plan, progress)
-        finally:
-            if own:
-                assert daemon.lease is not None
-                daemon.leases.Delete(lpb.DeleteRequest(id=daemon.lease))
+
+
+@contextmanager
+def leased(daemon: Daemon, lease: str | None, purpose: str) -> Iterator[Daemon]:
+    """`daemon` under `lease` (the channel carries it already), or under a new
+    lease of its own that expires in 24 h and is deleted on the way out."""
+    if lease is not None:
+        daemon.lease = lease
+        yield daemon
+        return
+    daemon.lease = f"fusesnap-{purpose}-{secrets.token_hex(8)}"
+    daemon.lease_header = True
+    expire = datetime.datetime.now(datetime.UTC) + LEASE_TTL
+    daemon.leases.Create(lpb.CreateRequest(id=daemon.lease, labels={
+        EXPIRE_LABEL: expire.isoformat(timespec="seconds").replace("+00:00", "Z")}))
+    try:
+        yield daemon
+    finally:
+        daemon.leases.Delete(lpb.DeleteRequest(id=daemon.lease))
+
 
 
 def _import(daemon: Daemon, archive: Archive, plan: list[tuple[str, Resolved]],
@@ -355,4 +396,5 @@ def top_chain_id(daemon: Daemon, name: str) -> str:
 
 
 __all__ = ["ArchiveError", "Daemon", "ImportFailed", "Imported", "LayerError", "StoreSource",
-           "apply_into", "import_archive", "record_image", "top_chain_id", "unpack"]
+           "apply_into", "apply_through_mount", "import_archive", "leased", "record_image",
+           "top_chain_id", "unpack"]

@@ -1,10 +1,12 @@
 """Apply one OCI layer (a tar stream: uncompressed, gzip or zstd) to a directory.
 
 :func:`apply_layer` is the whole interface: it reads the layer from a binary
-stream, writes the changes it describes into a directory (a snapshot's
-directory under the mount today; a snapshot's own storage later), and
-returns the layer's diff_id (the sha256 of the uncompressed tar), checked
-against the one the image config names.
+stream, writes the changes it describes into a directory (for a snapshot,
+its directory under the mount: the reference behaviour of the daemon's direct
+applier, fusesnap.layerfs.apply, which shares :class:`LayerStream`,
+:func:`classify` and :func:`member_xattrs` with it), and returns the
+layer's diff_id (the sha256 of the uncompressed tar), checked against the one
+the image config names.
 
 What a layer may say, as the OCI image spec and containerd's applier read it:
 
@@ -45,7 +47,7 @@ import stat
 import subprocess
 import tarfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, BinaryIO, cast
 
@@ -180,7 +182,8 @@ def member_path(name: str) -> tuple[str, ...]:
     return parts
 
 
-def _show(parts: tuple[str, ...]) -> str:
+def show_path(parts: tuple[str, ...]) -> str:
+    """A member path as the messages show it: `/a/b`."""
     return "/" + "/".join(parts)
 
 
@@ -234,7 +237,7 @@ class _Dirs:
             if e.errno in (errno.ELOOP, errno.ENOTDIR):
                 st = _lstat(parent, name)
                 kind = "a symlink" if st and stat.S_ISLNK(st.st_mode) else "not a directory"
-                raise LayerError(f"{_show(parts)} is {kind}; the layer writes below it") \
+                raise LayerError(f"{show_path(parts)} is {kind}; the layer writes below it") \
                     from None
             raise
         if len(self.cache) >= self.MAX:
@@ -303,14 +306,14 @@ class _Applier:
     # entries -----------------------------------------------------------
 
     def entry(self, member: tarfile.TarInfo) -> None:
-        parts = member_path(member.name)
-        base = parts[-1] if parts else ""
-        if base.startswith(WHITEOUT_PREFIX):
-            if base == OPAQUE_MARKER:
-                self.opaque(parts[:-1])
-            else:
-                self.whiteout((*parts[:-1], base[len(WHITEOUT_PREFIX):]))
+        what, parts = classify(member)
+        if what == "opaque":
+            self.opaque(parts)
             return
+        if what == "whiteout":
+            self.whiteout(parts)
+            return
+        base = parts[-1] if parts else ""
         for i in range(len(parts) + 1):
             self.unpacked.add(parts[:i])
         if not parts:  # the root itself: its metadata only
@@ -350,10 +353,10 @@ class _Applier:
         elif member.islnk():
             target = member_path(member.linkname)
             if not target:
-                raise LayerError(f"hard link {_show(parts)} to the root")
+                raise LayerError(f"hard link {show_path(parts)} to the root")
             tdir = self.dirs.get(target[:-1], create=False)
             if tdir is None or _lstat(tdir, target[-1]) is None:
-                raise LayerError(f"hard link {_show(parts)} to {_show(target)}, "
+                raise LayerError(f"hard link {show_path(parts)} to {show_path(target)}, "
                                  "which does not exist")
             os.link(target[-1], base, src_dir_fd=tdir, dst_dir_fd=dirfd,
                     follow_symlinks=False)
@@ -365,10 +368,10 @@ class _Applier:
                 os.mknod(base, kind | 0o600, os.makedev(member.devmajor, member.devminor),
                          dir_fd=dirfd)
             except PermissionError:
-                self.skip(f"{_show(parts)}: device node (mknod not permitted)")
+                self.skip(f"{show_path(parts)}: device node (mknod not permitted)")
                 return
         else:
-            raise LayerError(f"{_show(parts)}: unsupported tar entry type {member.type!r}")
+            raise LayerError(f"{show_path(parts)}: unsupported tar entry type {member.type!r}")
         self.metadata(member, parts, dirfd, base)
 
     def metadata(self, member: tarfile.TarInfo, parts: tuple[str, ...], dirfd: int,
@@ -387,7 +390,7 @@ class _Applier:
                     os.chown(base or ".", member.uid, member.gid, dir_fd=dirfd,
                              follow_symlinks=False)
             except PermissionError:
-                self.skip(f"{_show(parts)}: owner {member.uid}:{member.gid}")
+                self.skip(f"{show_path(parts)}: owner {member.uid}:{member.gid}")
         if member.issym():
             mtime = int(member.mtime) * 10**9
             os.utime(base or ".", ns=(mtime, mtime), dir_fd=dirfd, follow_symlinks=False)
@@ -398,10 +401,8 @@ class _Applier:
         else:
             # `base` was just made (or checked) here and is no symlink.
             os.chmod(base or ".", mode, dir_fd=dirfd)
-        for key, value in member.pax_headers.items():
-            if key.startswith(XATTR_PREFIX):
-                self.xattr(parts, dirfd, base, fd, key[len(XATTR_PREFIX):],
-                           value.encode("utf-8", "surrogateescape"))
+        for key, value in member_xattrs(member):
+            self.xattr(parts, dirfd, base, fd, key, value)
         mtime = int(member.mtime) * 10**9
         if member.isdir():
             self.dir_times.append((parts, mtime))
@@ -421,7 +422,7 @@ class _Applier:
         except OSError as e:
             if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EACCES):
                 raise
-            self.skip(f"{_show(parts)}: xattr {key} ({os.strerror(e.errno)})")
+            self.skip(f"{show_path(parts)}: xattr {key} ({os.strerror(e.errno)})")
 
     def finish(self) -> None:
         for parts, mtime in reversed(self.dir_times):
@@ -442,6 +443,93 @@ def _decompressed(raw: _Counting) -> tuple[IO[bytes], _Zstd | None]:
     return buffered, None
 
 
+class LayerStream:
+    """The tar members of a layer read once from `source` (uncompressed, gzip
+    or zstd), and after the last one its diff_id and size. Use as a context
+    manager; LayerError for a stream that is not a (complete) layer. Shared by
+    :func:`apply_layer` and the daemon's direct applier (fusesnap.layerfs.apply)."""
+
+    def __init__(self, source: BinaryIO | IO[bytes], progress: Progress | None = None) -> None:
+        self._raw = _Counting(source, progress)
+        self._zstd: _Zstd | None = None
+        self._plain: _Counting | None = None
+        self.tar: tarfile.TarFile | None = None
+
+    def __enter__(self) -> LayerStream:
+        try:
+            stream, self._zstd = _decompressed(self._raw)
+            self._plain = _Counting(stream, hashing=True)
+            self.tar = tarfile.open(fileobj=io.BufferedReader(self._plain, CHUNK), mode="r|")
+        except tarfile.ReadError as e:
+            self.close()
+            raise LayerError(f"not a tar stream: {e}") from None
+        except (tarfile.TarError, EOFError, gzip.BadGzipFile, OSError) as e:
+            self.close()
+            raise LayerError(f"corrupt layer: {e}") from None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._zstd is not None:
+            self._zstd.kill()
+            self._zstd = None
+
+    def members(self) -> Iterator[tarfile.TarInfo]:
+        """The members in order; read a regular file's bytes with
+        :meth:`extractfile` before asking for the next member."""
+        assert self.tar is not None
+        try:
+            yield from self.tar
+        except (tarfile.TarError, EOFError, gzip.BadGzipFile) as e:
+            raise LayerError(f"corrupt layer: {e}") from None
+
+    def extractfile(self, member: tarfile.TarInfo) -> IO[bytes]:
+        assert self.tar is not None
+        src = self.tar.extractfile(member)
+        assert src is not None
+        return src
+
+    def finish(self) -> tuple[str, int]:
+        """Read to the end; (diff_id, bytes of the uncompressed tar)."""
+        assert self._plain is not None and self._plain.hash is not None
+        try:
+            self._plain.drain()  # the padding after the end-of-archive blocks counts too
+            if self._zstd is not None:
+                self._zstd.close()
+                self._zstd = None
+        except (EOFError, gzip.BadGzipFile) as e:
+            raise LayerError(f"corrupt layer: {e}") from None
+        return "sha256:" + self._plain.hash.hexdigest(), self._plain.count
+
+
+def check_diff_id(diff_id: str, expected: str | None) -> None:
+    """LayerError unless `expected` is empty or `diff_id`."""
+    if expected and diff_id != expected:
+        raise LayerError(f"diff_id mismatch: the layer is {diff_id}, "
+                         f"the image config says {expected}")
+
+
+def classify(member: tarfile.TarInfo) -> tuple[str, tuple[str, ...]]:
+    """What a member says, by its name: ("whiteout", path deleted),
+    ("opaque", directory made opaque) or ("entry", its path). LayerError for
+    an unsafe name."""
+    parts = member_path(member.name)
+    base = parts[-1] if parts else ""
+    if base.startswith(WHITEOUT_PREFIX):
+        if base == OPAQUE_MARKER:
+            return "opaque", parts[:-1]
+        return "whiteout", (*parts[:-1], base[len(WHITEOUT_PREFIX):])
+    return "entry", parts
+
+
+def member_xattrs(member: tarfile.TarInfo) -> list[tuple[str, bytes]]:
+    """The extended attributes of `member` (its ``SCHILY.xattr.*`` PAX records)."""
+    return [(key[len(XATTR_PREFIX):], value.encode("utf-8", "surrogateescape"))
+            for key, value in member.pax_headers.items() if key.startswith(XATTR_PREFIX)]
+
+
 def apply_layer(source: BinaryIO | IO[bytes], target: str | os.PathLike[str], *,
                 expected_diff_id: str | None = None,
                 progress: Progress | None = None) -> Applied:
@@ -449,37 +537,21 @@ def apply_layer(source: BinaryIO | IO[bytes], target: str | os.PathLike[str], *,
     docstring). LayerError if the layer is unsafe, corrupt or its diff_id is
     not `expected_diff_id`; what was applied up to then stays in `target`,
     which the caller discards. Reads `source` once, to its end."""
-    raw = _Counting(source, progress)
-    zstd: _Zstd | None = None
     applier: _Applier | None = None
     try:
-        stream, zstd = _decompressed(raw)
-        plain = _Counting(stream, hashing=True)
-        try:
-            tar = tarfile.open(fileobj=io.BufferedReader(plain, CHUNK), mode="r|")
-        except tarfile.ReadError as e:
-            raise LayerError(f"not a tar stream: {e}") from None
-        applied = Applied(diff_id="", size=0)
-        applier = _Applier(os.fspath(target), tar, applied)
-        for member in tar:
-            applier.entry(member)
-            applied.entries += 1
-        applier.finish()
-        plain.drain()  # the padding after the end-of-archive blocks counts too
-        if zstd is not None:
-            zstd.close()
-            zstd = None
-        assert plain.hash is not None
-        applied.diff_id = "sha256:" + plain.hash.hexdigest()
-        applied.size = plain.count
+        with LayerStream(source, progress) as layer:
+            assert layer.tar is not None
+            applied = Applied(diff_id="", size=0)
+            applier = _Applier(os.fspath(target), layer.tar, applied)
+            for member in layer.members():
+                applier.entry(member)
+                applied.entries += 1
+            applier.finish()
+            applied.diff_id, applied.size = layer.finish()
     except (tarfile.TarError, EOFError, gzip.BadGzipFile) as e:
         raise LayerError(f"corrupt layer: {e}") from None
     finally:
         if applier is not None:
             applier.close()
-        if zstd is not None:
-            zstd.kill()
-    if expected_diff_id and applied.diff_id != expected_diff_id:
-        raise LayerError(f"diff_id mismatch: the layer is {applied.diff_id}, "
-                         f"the image config says {expected_diff_id}")
+    check_diff_id(applied.diff_id, expected_diff_id)
     return applied

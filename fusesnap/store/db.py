@@ -73,6 +73,8 @@ CREATE TABLE IF NOT EXISTS dentries (
     PRIMARY KEY (dir, name, layer)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS dentries_layer ON dentries(layer);
+-- The names of an object (a diff finds the paths of what a layer changed).
+CREATE INDEX IF NOT EXISTS dentries_oid ON dentries(oid) WHERE oid != 0;
 
 CREATE TABLE IF NOT EXISTS xattrs (
     oid INTEGER NOT NULL,

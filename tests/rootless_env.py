@@ -1,0 +1,109 @@
+"""The rootless suites' set-up: an ordinary user (created when missing, so
+it needs root), a work directory of theirs, and ``fusesnap serve`` running as
+them (direct role). Debian's /usr/bin/python3 runs the code (the project's
+interpreter may live under a directory the user cannot enter) with this
+environment's site-packages on PYTHONPATH; it is the same Python 3.11 ABI.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import stat
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyfuse3
+import pytest
+
+from tests.conftest import fuse_usable
+
+USER = "fusesnap-rootless"
+REPO = Path(__file__).resolve().parents[1]
+SYSTEM_PYTHON = "/usr/bin/python3"
+
+def _readable_by(user: pwd.struct_passwd, path: Path) -> bool:
+    probe = subprocess.run(["runuser", "-u", user.pw_name, "--", "test", "-r", str(path)])
+    return probe.returncode == 0
+
+
+@pytest.fixture(scope="module")
+def user() -> pwd.struct_passwd:
+    if os.getuid() != 0:
+        pytest.skip("creating an ordinary user for the rootless suite needs root")
+    missing = fuse_usable()
+    if missing:
+        pytest.skip(f"FUSE unavailable: {missing}")
+    if not os.path.exists(SYSTEM_PYTHON) or not shutil.which("runuser"):
+        pytest.skip(f"{SYSTEM_PYTHON} and runuser are needed (Debian packages python3, util-linux)")
+    try:
+        return pwd.getpwnam(USER)
+    except KeyError:
+        subprocess.run(["useradd", "--create-home", "--shell", "/bin/sh", USER], check=True)
+        return pwd.getpwnam(USER)
+
+
+@pytest.fixture
+def workdir(user: pwd.struct_passwd) -> Iterator[Path]:
+    d = Path(tempfile.mkdtemp(prefix="fusesnap-rootless-"))
+    d.chmod(0o755)
+    os.chown(d, user.pw_uid, user.pw_gid)
+    yield d
+    subprocess.run(["fusermount3", "-u", "-z", str(d / "root" / "mnt")], capture_output=True)
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def _env() -> dict[str, str]:
+    site = str(Path(pyfuse3.__file__).resolve().parent.parent)
+    return {"PYTHONPATH": f"{REPO}:{site}", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+            "HOME": "/nonexistent", "LANG": "C.UTF-8"}
+
+
+def as_user(user: pwd.struct_passwd) -> dict:
+    """Popen arguments that run a command as `user` (no wrapper process in between,
+    so signals reach the command itself)."""
+    return {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": [], "env": _env(),
+            "cwd": "/"}
+
+
+@pytest.fixture
+def rootless_daemon(user: pwd.struct_passwd, workdir: Path) -> Iterator[Path]:
+    site = Path(pyfuse3.__file__).resolve().parent.parent
+    if not (_readable_by(user, REPO / "fusesnap" / "__init__.py")
+            and _readable_by(user, site / "trio" / "__init__.py")):
+        pytest.skip(f"{USER} cannot read the source tree {REPO} or {site}")
+    log = open(workdir / "daemon.log", "wb")
+    proc = subprocess.Popen(
+        [SYSTEM_PYTHON, "-m", "fusesnap", "serve", "--root", str(workdir / "root"),
+         "--socket", str(workdir / "sock")],
+        stdout=log, stderr=log, **as_user(user))
+    deadline = time.monotonic() + 30
+    while not (workdir / "daemon.log").read_bytes().rstrip().endswith(b"serving"):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail("rootless daemon did not start:\n"
+                        + (workdir / "daemon.log").read_text())
+        time.sleep(0.05)
+    yield workdir
+    proc.terminate()
+    assert proc.wait(timeout=30) == 0, (workdir / "daemon.log").read_text()
+    log.close()
+
+
+
+
+def assert_only_users_plain_files(root: Path, user: pwd.struct_passwd) -> None:
+    """Everything the daemon keeps under `root` on the host (its mount point's
+    contents aside) belongs to `user` and is no device node: what the
+    snapshots hold of root's is recorded, not made."""
+    mounts = root / "mnt"
+    for path in root.rglob("*"):
+        if path.is_relative_to(mounts):
+            continue
+        st = path.lstat()
+        assert st.st_uid == user.pw_uid, path
+        assert not (stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)), path
