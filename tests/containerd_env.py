@@ -70,8 +70,9 @@ class Containerd:
     """One containerd process on `base` (its root, state, socket, config, log)."""
 
     def __init__(self, base: Path, fusesnap_socket: Path | None,
-                 namespace: str = NAMESPACE) -> None:
+                 namespace: str = NAMESPACE, log_level: str = "debug") -> None:
         self.base = base
+        self.log_level = log_level  # debug for the tests' failure reports; a benchmark logs less
         self.fusesnap_socket = fusesnap_socket
         self.snapshotter = SNAPSHOTTER if fusesnap_socket is not None else NATIVE
         self.namespace = namespace
@@ -100,7 +101,7 @@ disabled_plugins = [{disabled}]
 
 [debug]
   address = ""
-  level = "debug"
+  level = "{self.log_level}"
 
 [metrics]
   address = ""

@@ -1,44 +1,112 @@
 #!/usr/bin/env bash
 # The one set-up script of fusesnap: Debian packages, FUSE access, the virtual
-# environment and the package. `make setup` (and so `make test`/`make run`),
-# `.ci/run` and the Vagrant VM all run it. Idempotent: a second run changes nothing.
+# environment and the package. Three callers share it: `make setup` (and so
+# `make test` and `make run`), `.ci/run` (through `make test`) and the Vagrant
+# VM (vagrant/Vagrantfile). Idempotent: a step with nothing to do says "nothing
+# to do" and changes nothing, so a second run changes nothing
+# (tests/test_setup.py runs it twice).
+#
+# Usage: vagrant/provision.sh [--with-vagrant]
+#   --with-vagrant  also install vagrant, with which the suite validates
+#                   vagrant/Vagrantfile. `make test` passes it, so a workstation
+#                   checks what CI checks; `make run` does not need vagrant, and
+#                   the VM does not either (its host has just used the file).
+# Environment: FUSESNAP_VENV (default REPO/.venv), PYTHON (default python3).
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
 venv=${FUSESNAP_VENV:-$repo/.venv}
 python=${PYTHON:-python3}
 
-# Debian packages the daemon and its test suite need.
-packages=(fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv attr
+with_vagrant=0
+for arg in "$@"; do
+    case $arg in
+        --with-vagrant) with_vagrant=1 ;;
+        *) echo "usage: $0 [--with-vagrant]" >&2; exit 2 ;;
+    esac
+done
+
+say() { echo "provision: $*"; }
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then
+        "$@"
+    elif command -v sudo >/dev/null; then
+        sudo "$@"
+    else
+        echo "provision: needs root (or sudo) for: $*" >&2
+        exit 1
+    fi
+}
+
+# Debian packages the daemon and its suites need: FUSE and a compiler for
+# pyfuse3; containerd and runc for the containerd suites; umoci, busybox and
+# zstd for their images; fuse-overlayfs and fio for the benchmarks; shellcheck
+# for the scripts' check; make for the VM, whose box has none.
+packages=(fuse3 libfuse3-dev pkg-config gcc make python3 python3-dev python3-venv attr
           golang-github-containerd-containerd-dev containerd
-          runc umoci busybox-static zstd)
+          runc umoci busybox-static zstd fuse-overlayfs fio shellcheck)
 
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
 done
-if [ ${#missing[@]} -gt 0 ]; then
-    if [ "$(id -u)" -eq 0 ]; then sudo=(); elif command -v sudo >/dev/null; then sudo=(sudo); else
-        echo "provision: missing Debian packages: ${missing[*]} (install them as root)" >&2; exit 1
+# Any vagrant will do (HashiCorp's is not Debian's package), hence command -v.
+need_vagrant=0
+if [ "$with_vagrant" -eq 1 ] && ! command -v vagrant >/dev/null; then need_vagrant=1; fi
+
+if [ ${#missing[@]} -eq 0 ] && [ "$need_vagrant" -eq 0 ]; then
+    say "Debian packages: nothing to do"
+else
+    as_root apt-get update -qq
+    if [ ${#missing[@]} -gt 0 ]; then
+        say "Debian packages: installing ${missing[*]}"
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
     fi
-    echo "provision: installing ${missing[*]}"
-    "${sudo[@]}" apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq "${missing[@]}"
+    if [ "$need_vagrant" -eq 1 ]; then
+        # Its Recommends are a hypervisor (qemu, libvirt, a kernel: 400 packages);
+        # `vagrant validate` needs none of them.
+        say "Debian packages: installing vagrant"
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends vagrant
+    fi
 fi
 
 if [ "$(id -u)" -eq 0 ]; then
     # Distributions ship /dev/fuse 0666; some sandboxes make it 0600.
-    [ -c /dev/fuse ] && [ "$(stat -c %a /dev/fuse)" != 666 ] && chmod 0666 /dev/fuse
+    if [ -c /dev/fuse ] && [ "$(stat -c %a /dev/fuse)" != 666 ]; then
+        chmod 0666 /dev/fuse
+        say "/dev/fuse: made 0666"
+    else
+        say "/dev/fuse: nothing to do"
+    fi
     # Lets a daemon of an ordinary user mount with allow_other (other users see snapshots).
-    if ! grep -qs '^user_allow_other' /etc/fuse.conf; then echo user_allow_other >> /etc/fuse.conf; fi
+    if grep -qs '^user_allow_other' /etc/fuse.conf; then
+        say "/etc/fuse.conf: nothing to do"
+    else
+        echo user_allow_other >> /etc/fuse.conf
+        say "/etc/fuse.conf: user_allow_other added"
+    fi
+else
+    say "/dev/fuse, /etc/fuse.conf: left as they are (not root)"
 fi
 
-if [ ! -x "$venv/bin/python" ]; then
+if [ -x "$venv/bin/python" ]; then
+    say "virtual environment $venv: nothing to do"
+else
     "$python" -m venv "$venv"
+    say "virtual environment $venv: created"
 fi
+
+# The install is editable, so it goes stale only when the package's metadata
+# (pyproject.toml) changes or the checkout moves: the stamp records both.
 stamp="$venv/.fusesnap-installed"
-if [ ! -f "$stamp" ] || [ "$repo/pyproject.toml" -nt "$stamp" ]; then
+want="$(sha256sum "$repo/pyproject.toml" | cut -d' ' -f1) $repo"
+if [ "$(cat "$stamp" 2>/dev/null)" = "$want" ] &&
+        compgen -G "$venv/lib/python3*/site-packages/fusesnap-*.dist-info" >/dev/null; then
+    say "fusesnap in $venv: nothing to do"
+else
     "$venv/bin/pip" install -q --upgrade pip
     "$venv/bin/pip" install -q -e "${repo}[test]"
-    touch "$stamp"
+    printf '%s\n' "$want" > "$stamp"
+    say "fusesnap in $venv: installed from $repo"
 fi
