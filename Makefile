@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 # neither does the VM (its suite runs with WITH_VAGRANT=0).
 WITH_VAGRANT ?= 1
 
-.PHONY: setup run test lint proto clean bench-content vagrant-test
+.PHONY: setup run test lint proto clean bench-content bench-images vagrant-test
 
 # The one set-up path: `make run`, `make test`, .ci/run and the VM all go through it.
 setup:
@@ -29,6 +29,9 @@ lint: setup
 # Benchmarks print figures beside their anchors; they are not tests.
 bench-content: setup
 	$(PY) bench/content.py --json results/content.json
+
+bench-images: setup
+	$(PY) bench/images.py --json results/images.json
 
 # Generated protobuf code is committed (fusesnap/pb/); tests/test_proto_generated.py checks it is current.
 proto: setup
