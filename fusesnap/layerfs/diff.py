@@ -40,6 +40,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from fusesnap.errors import FailedPrecondition
+from fusesnap.layerfs import data
 from fusesnap.layerfs.tree import ROOT_OID, Attr, LayerTree, View
 from fusesnap.store.metastore import Kind
 
@@ -68,6 +69,9 @@ class Entry:
     mtime: int = 0
     size: int = 0
     data: str | None = None
+    lower: tuple[str, ...] = ()
+    """The rest of the data chain of a partial copy-up (layerfs/data.py)."""
+    lower_sizes: tuple[int, ...] = ()
     linkname: str = ""
     rdev: int = 0
     xattrs: tuple[tuple[str, str], ...] = ()
@@ -122,21 +126,25 @@ def _file_bytes(e: Entry) -> Iterator[bytes]:
     """Exactly `e.size` bytes of the backing file (zeros past its end, if it
     shrank after the metadata was read)."""
     assert e.data is not None
+    fds: list[int] = []
     try:
-        fd = os.open(e.data, os.O_RDONLY)
+        for path in (e.data, *e.lower):
+            fds.append(os.open(path, os.O_RDONLY | os.O_CLOEXEC))
     except FileNotFoundError:
+        for fd in fds:
+            os.close(fd)
         raise FailedPrecondition(f"{e.name} was removed during the diff") from None
     try:
-        left = e.size
-        while left:
-            data = os.read(fd, min(CHUNK, left))
-            if not data:
-                yield bytes(left)
-                return
-            left -= len(data)
-            yield data
+        shown = data.limits(e.size, e.lower_sizes)
+        for offset in range(0, e.size, CHUNK):
+            want = min(CHUNK, e.size - offset)
+            chunk = data.read(fds, shown, offset, want)
+            if len(chunk) < want:  # the file shrank after the metadata was read
+                chunk += bytes(want - len(chunk))
+            yield chunk
     finally:
-        os.close(fd)
+        for fd in fds:
+            os.close(fd)
 
 
 def layer_diff(snapshotter: Snapshotter, key: str) -> LayerDiff:
@@ -319,7 +327,9 @@ class _Collector:
             for k, v in self.tree.xattrs(self.view, a).items()))
         entry = replace(base, type=kind, xattrs=xattrs)
         if fmt == stat.S_IFREG and a.data is not None and a.size:
-            return replace(entry, size=a.size, data=self.tree.data_path(a.data, a.oid))
+            paths, sizes = self.tree.data_chain(a)
+            return replace(entry, size=a.size, data=paths[0], lower=tuple(paths[1:]),
+                           lower_sizes=tuple(sizes))
         if fmt == stat.S_IFLNK:
             return replace(entry, linkname=os.fsdecode(a.target or b""))
         if fmt in (stat.S_IFCHR, stat.S_IFBLK):

@@ -295,7 +295,7 @@ class LayerFS(pyfuse3.Operations):
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
         try:
-            return os.pread(self._files[fh].fd, size, off)
+            return self.tree.read(self._files[fh], off, size)
         except OSError as e:
             raise pyfuse3.FUSEError(e.errno or errno.EIO) from None
 

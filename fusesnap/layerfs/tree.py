@@ -35,6 +35,7 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
+from fusesnap.layerfs import data
 from fusesnap.store.db import Database
 
 ROOT_OID = 1
@@ -44,9 +45,10 @@ _CLOCK_REALTIME_COARSE = getattr(time, "CLOCK_REALTIME_COARSE", 5)  # linux/time
 _FICLONE = 0x40049409  # linux/fs.h: share blocks where the backing filesystem can
 
 _INODE_COLUMNS = (
-    "oid, layer, mode, uid, gid, rdev, nlink, size, atime_ns, mtime_ns, ctime_ns, target, data"
+    "oid, layer, mode, uid, gid, rdev, nlink, size, atime_ns, mtime_ns, ctime_ns, target, data,"
+    " base, base_size"
 )
-_INSERT_INODE = f"INSERT INTO inodes ({_INODE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
+_INSERT_INODE = f"INSERT INTO inodes ({_INODE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
 _UPSERT_INODE = _INSERT_INODE.replace("INSERT", "INSERT OR REPLACE", 1)
 
 
@@ -65,19 +67,22 @@ class Attr:
 
     __slots__ = (
         "oid", "layer", "mode", "uid", "gid", "rdev", "nlink", "size",
-        "atime_ns", "mtime_ns", "ctime_ns", "target", "data", "xattrs", "blocks",
+        "atime_ns", "mtime_ns", "ctime_ns", "target", "data", "base", "base_size", "xattrs",
+        "blocks",
     )
 
     def __init__(self, row: tuple) -> None:
         (self.oid, self.layer, self.mode, self.uid, self.gid, self.rdev, self.nlink, self.size,
-         self.atime_ns, self.mtime_ns, self.ctime_ns, self.target, self.data) = row
+         self.atime_ns, self.mtime_ns, self.ctime_ns, self.target, self.data, self.base,
+         self.base_size) = row
         self.xattrs: dict[bytes, bytes] | None = None
         # 512-byte blocks the backing file holds (holes excluded); None = unknown.
         self.blocks: int | None = None
 
     def row(self) -> tuple:
         return (self.oid, self.layer, self.mode, self.uid, self.gid, self.rdev, self.nlink,
-                self.size, self.atime_ns, self.mtime_ns, self.ctime_ns, self.target, self.data)
+                self.size, self.atime_ns, self.mtime_ns, self.ctime_ns, self.target, self.data,
+                self.base, self.base_size)
 
     @property
     def is_dir(self) -> bool:
@@ -106,15 +111,39 @@ class View:
 
 
 class OpenFile:
-    """An open regular file: a descriptor of the backing file."""
+    """An open regular file: a descriptor of the backing file and, when that
+    holds only part of the bytes (``attr.base``), descriptors of the rest of
+    its data chain (layerfs/data.py) with what each shows at most."""
 
-    __slots__ = ("fd", "view", "attr", "writable")
+    __slots__ = ("fd", "view", "attr", "writable", "lower", "lower_sizes")
 
     def __init__(self, fd: int, view: View, attr: Attr, writable: bool) -> None:
         self.fd = fd
         self.view = view
         self.attr = attr
         self.writable = writable
+        self.lower: list[int] = []
+        self.lower_sizes: list[int] = []
+
+    def fds(self) -> list[int]:
+        return [self.fd, *self.lower]
+
+    def shown(self) -> list[int]:
+        a = self.attr
+        return data.limits(a.size, [a.base_size, *self.lower_sizes])
+
+    def close(self) -> None:
+        """Close its descriptors (once: a removed view closes them before release)."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        self.drop_lower()
+
+    def drop_lower(self) -> None:
+        for fd in self.lower:
+            os.close(fd)
+        self.lower = []
+        self.lower_sizes = []
 
 
 class LayerTree:
@@ -126,6 +155,9 @@ class LayerTree:
         layers_dir.mkdir(parents=True, exist_ok=True)
         row = db.one("SELECT MAX(oid) FROM inodes")
         self._next_oid = max(ROOT_OID, row[0] or 0) + 1
+        # The block size of partial copy-up; 0: the backing file system reports
+        # no holes, every copy-up copies the whole file.
+        self.unit = data.probe(str(layers_dir))
         self.views: dict[int, View] = {}
         self._open: dict[tuple[int, int], list[OpenFile]] = {}
         self._dirty: dict[tuple[int, int], tuple[View, Attr]] = {}
@@ -142,7 +174,8 @@ class LayerTree:
         if root_owner is not None:
             now = now_ns()
             self.db.execute(
-                f"INSERT INTO inodes ({_INODE_COLUMNS}) VALUES (?,?,?,?,?,0,2,0,?,?,?,NULL,NULL)",
+                f"INSERT INTO inodes ({_INODE_COLUMNS})"
+            " VALUES (?,?,?,?,?,0,2,0,?,?,?,NULL,NULL,NULL,NULL)",
                 (ROOT_OID, sid, stat.S_IFDIR | 0o755, root_owner[0], root_owner[1], now, now, now),
             )
 
@@ -181,7 +214,7 @@ class LayerTree:
         self.views.pop(view.sid, None)
         for key in [k for k in self._open if k[0] == view.sid]:
             for of in self._open.pop(key):
-                os.close(of.fd)
+                of.close()
         for key in [k for k in self._dirty if k[0] == view.sid]:
             del self._dirty[key]
 
@@ -348,9 +381,10 @@ class LayerTree:
     def _save(self, a: Attr) -> None:
         self.db.execute(
             "UPDATE inodes SET mode=?, uid=?, gid=?, rdev=?, nlink=?, size=?, atime_ns=?,"
-            " mtime_ns=?, ctime_ns=?, target=?, data=? WHERE oid=? AND layer=?",
+            " mtime_ns=?, ctime_ns=?, target=?, data=?, base=?, base_size=?"
+            " WHERE oid=? AND layer=?",
             (a.mode, a.uid, a.gid, a.rdev, a.nlink, a.size, a.atime_ns, a.mtime_ns, a.ctime_ns,
-             a.target, a.data, a.oid, a.layer),
+             a.target, a.data, a.base, a.base_size, a.oid, a.layer),
         )
 
     def _set_entry(self, view: View, dir_oid: int, name: bytes, oid: int) -> None:
@@ -456,7 +490,7 @@ class LayerTree:
         is_dir = stat.S_ISDIR(mode)
         a = Attr((oid, view.top, mode, uid, gid, rdev, 2 if is_dir else 1,
                   len(target) if target is not None else 0, now, now, now, target,
-                  view.top if stat.S_ISREG(mode) else None))
+                  view.top if stat.S_ISREG(mode) else None, None, None))
         a.xattrs = {}
         self.db.execute(_INSERT_INODE, a.row())
         self._set_entry(view, d.oid, name, oid)
@@ -608,6 +642,8 @@ class LayerTree:
             if size is not None:
                 self._own_data(view, a, keep=size > 0)
                 os.truncate(self.data_path(a.data, a.oid), size)
+                if a.base_size is not None and size < a.base_size:
+                    a.base_size = size  # growing again shows zeros, not the old bytes
                 a.size = size
                 a.blocks = None
                 a.mtime_ns = now
@@ -671,11 +707,19 @@ class LayerTree:
         if a.data == view.top:
             if not keep:
                 os.truncate(dst, 0)
+                a.base = a.base_size = None
             return
-        if keep:
-            copy_file(self.data_path(a.data, a.oid), dst)
+        if keep and self.unit and a.size and len(self._lower_chain(a)) < data.MAX_CHAIN:
+            # Partial copy-up: a sparse file as long as the object; its holes
+            # show the bytes of the layer that held them so far.
+            os.truncate(self._create_data(dst), a.size)
+            a.base, a.base_size = a.data, a.size
+        elif keep:
+            self._copy_whole(a, dst)
+            a.base = a.base_size = None
         else:
-            os.close(os.open(dst, os.O_CREAT | os.O_TRUNC | os.O_WRONLY, 0o600))
+            self._create_data(dst)
+            a.base = a.base_size = None
         a.data = view.top
         a.blocks = None
         self._save(a)
@@ -684,6 +728,68 @@ class LayerTree:
             fd = os.open(dst, os.O_RDWR if of.writable else os.O_RDONLY)
             os.dup2(fd, of.fd)
             os.close(fd)
+            self._attach_lower(of)
+
+    @staticmethod
+    def _create_data(path: str) -> str:
+        os.close(os.open(path, os.O_CREAT | os.O_TRUNC | os.O_WRONLY, 0o600))
+        return path
+
+    def _lower_chain(self, a: Attr) -> list[tuple[int, int]]:
+        """The rest of `a`'s data chain below its backing file: (layer, what
+        shows of it through the file above) for each, top first."""
+        chain: list[tuple[int, int]] = []
+        layer, size = a.base, a.base_size
+        while layer is not None:
+            chain.append((layer, size))
+            row = self.db.one("SELECT base, base_size FROM inodes WHERE oid = ? AND layer = ?",
+                              (a.oid, layer))
+            layer, size = row if row is not None else (None, None)
+        return chain
+
+    def _attach_lower(self, of: OpenFile) -> None:
+        """Open the rest of the data chain of `of`'s object (none when whole)."""
+        of.drop_lower()
+        chain = self._lower_chain(of.attr)
+        try:
+            for layer, _ in chain:
+                of.lower.append(os.open(self.data_path(layer, of.attr.oid),
+                                        os.O_RDONLY | os.O_CLOEXEC))
+        except OSError:
+            of.drop_lower()
+            raise
+        of.lower_sizes = [size for _, size in chain[1:]]
+
+    def data_chain(self, a: Attr) -> tuple[list[str], list[int]]:
+        """The backing files of `a`'s bytes, top first, and the base_size of
+        each but the first (layerfs/data.py); for a file read in any thread."""
+        assert a.data is not None
+        chain = self._lower_chain(a)
+        paths = [self.data_path(a.data, a.oid), *(self.data_path(layer, a.oid)
+                                                  for layer, _ in chain)]
+        return paths, [size for _, size in chain]
+
+    def _copy_whole(self, a: Attr, dst: str) -> None:
+        """Copy `a`'s bytes into `dst`: the backing file as it is when whole,
+        else merged from its data chain."""
+        if a.base is None:
+            assert a.data is not None
+            copy_file(self.data_path(a.data, a.oid), dst)
+            return
+        paths, sizes = self.data_chain(a)
+        fds = [os.open(p, os.O_RDONLY | os.O_CLOEXEC) for p in paths]
+        try:
+            shown = data.limits(a.size, sizes)
+            out = os.open(dst, os.O_CREAT | os.O_TRUNC | os.O_WRONLY | os.O_CLOEXEC, 0o600)
+            try:
+                for off in range(0, a.size, 1 << 20):
+                    os.pwrite(out, data.read(fds, shown, off, 1 << 20), off)
+                os.ftruncate(out, a.size)
+            finally:
+                os.close(out)
+        finally:
+            for fd in fds:
+                os.close(fd)
 
     def open(self, view: View, oid: int, flags: int) -> OpenFile:
         a = self.attr(view, oid)
@@ -705,14 +811,27 @@ class LayerTree:
                         self._save(a)
         fd = os.open(self.data_path(a.data, a.oid), os.O_RDWR if writable else os.O_RDONLY)
         of = OpenFile(fd, view, a, writable)
+        if a.base is not None:
+            try:
+                self._attach_lower(of)
+            except OSError:
+                of.close()
+                raise
         self._open.setdefault((view.top, oid), []).append(of)
         return of
 
-    def write(self, of: OpenFile, offset: int, data: bytes) -> int:
+    def read(self, of: OpenFile, offset: int, size: int) -> bytes:
+        if of.attr.base is None:
+            return os.pread(of.fd, size, offset)
+        return data.read(of.fds(), of.shown(), offset, size)
+
+    def write(self, of: OpenFile, offset: int, buf: bytes) -> int:
         if not of.view.writable:
             raise fs_error(errno.EROFS)
-        n = os.pwrite(of.fd, data, offset)
         a = of.attr
+        if a.base is not None and buf:
+            data.fill_edges(of.fds(), of.shown(), self.unit, offset, offset + len(buf))
+        n = os.pwrite(of.fd, buf, offset)
         if offset + n > a.size:
             a.size = offset + n
         a.blocks = None
@@ -734,7 +853,7 @@ class LayerTree:
             handles.remove(of)
         if not handles:
             self._open.pop(key, None)
-        os.close(of.fd)
+        of.close()
         if not of.view.alive:
             return
         a = of.attr

@@ -59,6 +59,10 @@ CREATE TABLE IF NOT EXISTS inodes (
     ctime_ns INTEGER NOT NULL,
     target BLOB,
     data INTEGER,
+    -- Partial copy-up (layerfs/data.py): the layer whose bytes show through
+    -- the holes of this layer's backing file, and how many of them show.
+    base INTEGER,
+    base_size INTEGER,
     PRIMARY KEY (oid, layer)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS inodes_layer ON inodes(layer);
@@ -172,6 +176,9 @@ _ADDED_COLUMNS = [
     # An ingest opened under a lease lives exactly as long as leases hold it;
     # one opened on none is protected for a grace period instead (spec §8).
     ("content_ingests", "leased", "INTEGER NOT NULL DEFAULT 0"),
+    # Partial copy-up: stores made before it have whole copies only (NULL).
+    ("inodes", "base", "INTEGER"),
+    ("inodes", "base_size", "INTEGER"),
 ]
 
 
