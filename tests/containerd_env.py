@@ -107,9 +107,12 @@ disabled_plugins = [{disabled}]
   address = ""
 
 # The default (0.02) schedules a collection 49 collection-times after the last
-# one, seconds after a deletion; 0.5 makes it follow deletions at once.
+# one, seconds after a deletion; 0.5 makes it follow deletions sooner, and
+# deletion_threshold = 1 schedules one after every deletion, however long the
+# last one took on a loaded machine.
 [plugins."io.containerd.gc.v1.scheduler"]
   pause_threshold = 0.5
+  deletion_threshold = 1
 {self._proxy_plugins()}"""
 
     def _proxy_plugins(self) -> str:

@@ -29,7 +29,7 @@ from tests.containerd_env import SNAPSHOTTER, Containerd, unavailable
 from tests.trees import Node, Tree, assert_same_tree, host_tree, xattrs
 from tests.trees import node as _node
 
-GC_TIMEOUT = 15.0
+GC_TIMEOUT = 60.0  # a bound on waiting for containerd's collector, not a speed figure
 GC_ROOT = "containerd.io/gc.root"
 
 # --------------------------------------------------------------------------- fixtures
