@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import functools
 import logging
 import os
 import shutil
@@ -134,7 +135,11 @@ async def serve(config: Config) -> None:
                                  collector)
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(pyfuse3.main)
+                    # One worker: every handler runs to completion without
+                    # awaiting, so more workers only add lock and scheduling
+                    # work to each request (pyfuse3 defaults to 99).
+                    nursery.start_soon(functools.partial(pyfuse3.main, min_tasks=1,
+                                                         max_tasks=1))
                     background_gc = trio.CancelScope()
                     if config.role is Role.DIRECT:
                         nursery.start_soon(_run_in, background_gc, collector.run)

@@ -58,6 +58,8 @@ class Daemon:
                 "--socket", str(self.socket), *self.args]
 
     def start(self, command: list[str] | None = None, **popen: object) -> Daemon:
+        # A restart appends to the log: only what this process writes counts.
+        start = self.log.stat().st_size if self.log.exists() else 0
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(command or self.command(), stdout=log, stderr=log,
                                          **popen)  # type: ignore[call-overload]
@@ -65,7 +67,7 @@ class Daemon:
         while True:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"fusesnap exited with {self.proc.returncode}:\n{self.logs()}")
-            if self.log.read_bytes().rstrip().endswith(b"serving") and \
+            if self.log.read_bytes()[start:].rstrip().endswith(b"serving") and \
                     os.path.ismount(self.mountpoint):
                 break
             if time.monotonic() > deadline:

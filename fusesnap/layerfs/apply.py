@@ -269,6 +269,7 @@ class LayerWriter:
                     os.unlink(entry.path)
             view.attrs.clear()
             view.entries.clear()
+            view.listings.clear()
             self._invalidate()
         discard(f"{self.backup}{oid}" for oid in self.own)
 

@@ -90,6 +90,8 @@ class LayerFS(pyfuse3.Operations):
     def _top_entry(self) -> pyfuse3.EntryAttributes:
         e = pyfuse3.EntryAttributes()
         e.st_ino = pyfuse3.ROOT_INODE
+        # Not cached: a stat of the mount point must reach the daemon, so that
+        # one left by a killed daemon answers ENOTCONN (a restart clears it).
         e.entry_timeout = 0
         e.attr_timeout = 0
         e.st_mode = stat.S_IFDIR | 0o755

@@ -104,6 +104,9 @@ class View:
         self.alive = True
         self.attrs: dict[int, Attr] = {}
         self.entries: dict[tuple[int, bytes], int] = {}
+        # Merged directory listings; an entry change in the top layer drops its
+        # directory's (_set_entry, _clear_entry), lower layers never change.
+        self.listings: dict[int, list[tuple[bytes, Attr]]] = {}
 
     @property
     def top(self) -> int:
@@ -296,6 +299,9 @@ class LayerTree:
 
     def listdir(self, view: View, dir_oid: int) -> list[tuple[bytes, Attr]]:
         """The merged entries of a directory, sorted by name, attributes loaded in bulk."""
+        cached = view.listings.get(dir_oid)
+        if cached is not None:
+            return cached
         best: dict[bytes, tuple[int, int]] = {}
         depth = len(view.chain)
         for name, layer, oid in self.db.all(
@@ -314,6 +320,7 @@ class LayerTree:
                 a = view.attrs.get(oid)
                 if a is not None:
                     out.append((name, a))
+        view.listings[dir_oid] = out  # callers only read it
         return out
 
     def _load_attrs(self, view: View, oids: Iterable[int]) -> None:
@@ -393,6 +400,7 @@ class LayerTree:
             (dir_oid, name, view.top, oid),
         )
         view.entries[(dir_oid, name)] = oid
+        view.listings.pop(dir_oid, None)
 
     def _clear_entry(self, view: View, dir_oid: int, name: bytes) -> None:
         if self._probe(view, dir_oid, name, below_top=True):
@@ -403,6 +411,7 @@ class LayerTree:
                 (dir_oid, name, view.top),
             )
             view.entries[(dir_oid, name)] = WHITEOUT
+            view.listings.pop(dir_oid, None)
 
     def _touch_dir(self, view: View, d: Attr, now: int, nlink_delta: int = 0) -> None:
         self._own(view, d)

@@ -60,7 +60,10 @@ class Snapshotter:
         rec = self.meta.get_by_id(sid)
         if rec is None:
             return None
-        return self.tree.open_view(sid, self.meta.chain(sid), rec.kind == Kind.ACTIVE)
+        # A parent's chain never changes (it is committed): reuse its view's.
+        above = self.tree.views.get(rec.parent_id) if rec.parent_id is not None else None
+        chain = [sid, *above.chain] if above is not None else self.meta.chain(sid)
+        return self.tree.open_view(sid, chain, rec.kind == Kind.ACTIVE)
 
     def snapshot_ids(self) -> list[int]:
         return sorted(sid for sid, _ in self.meta.ids())
