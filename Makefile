@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 # neither does the VM (its suite runs with WITH_VAGRANT=0).
 WITH_VAGRANT ?= 1
 
-.PHONY: setup run test lint proto clean bench-content bench-images vagrant-test
+.PHONY: setup run test lint proto clean bench bench-content bench-images vagrant-test
 
 # The one set-up path: `make run`, `make test`, .ci/run and the VM all go through it.
 setup:
@@ -32,6 +32,11 @@ bench-content: setup
 
 bench-images: setup
 	$(PY) bench/images.py --json results/images.json
+
+# The filesystem benchmark of issue 6: native, overlayfs, fuse-overlayfs and
+# fusesnap side by side (as root: it mounts overlayfs and drops caches).
+bench: setup
+	$(PY) bench/fs.py --json results/fs.json
 
 # Generated protobuf code is committed (fusesnap/pb/); tests/test_proto_generated.py checks it is current.
 proto: setup
