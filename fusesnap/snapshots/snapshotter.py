@@ -108,7 +108,11 @@ class Snapshotter:
         with self.db.transaction():
             self.leases.check(holder)
             rec = self.meta.find(key)
-            view = self.view_of(rec.id) if rec is not None and rec.kind == Kind.ACTIVE else None
+            # Only an open view can have open files and unrecorded writes; one
+            # never opened is not built here (its chain would cost a query
+            # over every parent).
+            view = self.tree.views.get(rec.id) \
+                if rec is not None and rec.kind == Kind.ACTIVE else None
             if view is not None:
                 self.tree.flush(view)  # usage includes what open files wrote
             self.meta.commit(name, key, lbls, parent)
