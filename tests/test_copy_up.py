@@ -187,3 +187,25 @@ def test_random_writes_truncates_and_commits_read_like_a_plain_file(
             active, top = commit_and_continue(daemon, active)
         assert (top / "f").read_bytes() == bytes(model)
     assert os.stat(top / "f").st_size == len(model)
+
+
+def test_st_blocks_of_committed_files_survive_a_restart(tmp_path: Path) -> None:
+    """st_blocks is recorded with a file's bytes (no stat per lookup): a sparse
+    and a dense file keep what they hold in a view after a restart."""
+    daemon = Daemon(tmp_path / "root", args=PROXY).start()
+    try:
+        top = daemon.prepare("a")
+        with open(top / "sparse", "wb") as f:
+            f.seek(64 * MIB)
+            f.write(b"end")
+        (top / "dense").write_bytes(pattern(3 * MIB))
+        before = {n: os.stat(top / n).st_blocks for n in ("sparse", "dense")}
+        daemon.commit("c", "a")
+        daemon.stop()
+        daemon.start()
+        look = daemon.view("v", "c")
+        after = {n: os.stat(look / n).st_blocks for n in ("sparse", "dense")}
+        assert after == before
+        assert after["sparse"] * 512 < MIB and after["dense"] * 512 >= 3 * MIB
+    finally:
+        daemon.cleanup()

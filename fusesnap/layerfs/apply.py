@@ -391,6 +391,8 @@ class LayerWriter:
             if e.what == "dir":
                 self.dirs[e.parts] = oid
         self._metadata(e, oid)
+        if e.what == "file":
+            tree.record_blocks(view, oid)
 
     def _metadata(self, e: Entry, oid: int) -> None:
         """What the reference sets: owner, mode, xattrs, times (directories' at

@@ -46,9 +46,9 @@ _FICLONE = 0x40049409  # linux/fs.h: share blocks where the backing filesystem c
 
 _INODE_COLUMNS = (
     "oid, layer, mode, uid, gid, rdev, nlink, size, atime_ns, mtime_ns, ctime_ns, target, data,"
-    " base, base_size"
+    " base, base_size, blocks"
 )
-_INSERT_INODE = f"INSERT INTO inodes ({_INODE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+_INSERT_INODE = f"INSERT INTO inodes ({_INODE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
 _UPSERT_INODE = _INSERT_INODE.replace("INSERT", "INSERT OR REPLACE", 1)
 
 
@@ -74,15 +74,15 @@ class Attr:
     def __init__(self, row: tuple) -> None:
         (self.oid, self.layer, self.mode, self.uid, self.gid, self.rdev, self.nlink, self.size,
          self.atime_ns, self.mtime_ns, self.ctime_ns, self.target, self.data, self.base,
-         self.base_size) = row
+         self.base_size, self.blocks) = row
         self.xattrs: dict[bytes, bytes] | None = None
-        # 512-byte blocks the backing file holds (holes excluded); None = unknown.
-        self.blocks: int | None = None
+        # self.blocks: 512-byte blocks the backing file holds (holes excluded);
+        # None = unknown. Recorded with the row when writes are flushed.
 
     def row(self) -> tuple:
         return (self.oid, self.layer, self.mode, self.uid, self.gid, self.rdev, self.nlink,
                 self.size, self.atime_ns, self.mtime_ns, self.ctime_ns, self.target, self.data,
-                self.base, self.base_size)
+                self.base, self.base_size, self.blocks)
 
     @property
     def is_dir(self) -> bool:
@@ -178,7 +178,7 @@ class LayerTree:
             now = now_ns()
             self.db.execute(
                 f"INSERT INTO inodes ({_INODE_COLUMNS})"
-            " VALUES (?,?,?,?,?,0,2,0,?,?,?,NULL,NULL,NULL,NULL)",
+            " VALUES (?,?,?,?,?,0,2,0,?,?,?,NULL,NULL,NULL,NULL,NULL)",
                 (ROOT_OID, sid, stat.S_IFDIR | 0o755, root_owner[0], root_owner[1], now, now, now),
             )
 
@@ -248,7 +248,7 @@ class LayerTree:
                 size, mtime = own[oid]
                 if st.st_size != size or st.st_mtime_ns > mtime:
                     self.db.execute(
-                        "UPDATE inodes SET size = ?, mtime_ns = MAX(mtime_ns, ?) "
+                        "UPDATE inodes SET size = ?, mtime_ns = MAX(mtime_ns, ?), blocks = NULL "
                         "WHERE oid = ? AND layer = ?",
                         (st.st_size, st.st_mtime_ns, oid, sid),
                     )
@@ -388,10 +388,10 @@ class LayerTree:
     def _save(self, a: Attr) -> None:
         self.db.execute(
             "UPDATE inodes SET mode=?, uid=?, gid=?, rdev=?, nlink=?, size=?, atime_ns=?,"
-            " mtime_ns=?, ctime_ns=?, target=?, data=?, base=?, base_size=?"
+            " mtime_ns=?, ctime_ns=?, target=?, data=?, base=?, base_size=?, blocks=?"
             " WHERE oid=? AND layer=?",
             (a.mode, a.uid, a.gid, a.rdev, a.nlink, a.size, a.atime_ns, a.mtime_ns, a.ctime_ns,
-             a.target, a.data, a.base, a.base_size, a.oid, a.layer),
+             a.target, a.data, a.base, a.base_size, a.blocks, a.oid, a.layer),
         )
 
     def _set_entry(self, view: View, dir_oid: int, name: bytes, oid: int) -> None:
@@ -499,7 +499,7 @@ class LayerTree:
         is_dir = stat.S_ISDIR(mode)
         a = Attr((oid, view.top, mode, uid, gid, rdev, 2 if is_dir else 1,
                   len(target) if target is not None else 0, now, now, now, target,
-                  view.top if stat.S_ISREG(mode) else None, None, None))
+                  view.top if stat.S_ISREG(mode) else None, None, None, None))
         a.xattrs = {}
         self.db.execute(_INSERT_INODE, a.row())
         self._set_entry(view, d.oid, name, oid)
@@ -655,6 +655,7 @@ class LayerTree:
                     a.base_size = size  # growing again shows zeros, not the old bytes
                 a.size = size
                 a.blocks = None
+                self._measure(a)
                 a.mtime_ns = now
                 self._dirty.pop((view.top, a.oid), None)
             if mode is not None:
@@ -876,8 +877,26 @@ class LayerTree:
 
     def _flush_one(self, view: View, a: Attr) -> None:
         if self._dirty.pop((view.top, a.oid), None) is not None:
+            self._measure(a)
             with self.db.transaction():
                 self._save(a)
+
+    def _measure(self, a: Attr) -> None:
+        """Record the blocks the backing file holds now (its inode is in the
+        cache after the writes), so a lookup in any view needs no stat."""
+        if a.blocks is None and a.data is not None:
+            try:
+                a.blocks = os.stat(self.data_path(a.data, a.oid)).st_blocks
+            except FileNotFoundError:
+                pass
+
+    def record_blocks(self, view: View, oid: int) -> None:
+        """Measure and save the blocks of `oid`'s backing file (inside the
+        caller's transaction): for bytes put in place without writes."""
+        a = self.attr(view, oid)
+        a.blocks = None
+        self._measure(a)
+        self._save(a)
 
     def flush(self, view: View | None = None) -> None:
         """Record the sizes and times that writes changed (all views, or one)."""
@@ -886,6 +905,8 @@ class LayerTree:
         ]
         if not items:
             return
+        for _, (_, a) in items:
+            self._measure(a)
         with self.db.transaction():
             for key, (_, a) in items:
                 del self._dirty[key]

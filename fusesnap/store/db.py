@@ -63,6 +63,9 @@ CREATE TABLE IF NOT EXISTS inodes (
     -- the holes of this layer's backing file, and how many of them show.
     base INTEGER,
     base_size INTEGER,
+    -- 512-byte blocks the backing file holds (st_blocks), measured when the
+    -- bytes were last recorded; NULL: not known (stat the file).
+    blocks INTEGER,
     PRIMARY KEY (oid, layer)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS inodes_layer ON inodes(layer);
@@ -179,6 +182,7 @@ _ADDED_COLUMNS = [
     # Partial copy-up: stores made before it have whole copies only (NULL).
     ("inodes", "base", "INTEGER"),
     ("inodes", "base_size", "INTEGER"),
+    ("inodes", "blocks", "INTEGER"),
 ]
 
 
