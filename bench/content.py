@@ -5,7 +5,8 @@ Prints MiB/s for fusesnap's Content service beside, from the same run,
 service (`ctr content ingest` / `ctr content get` against a private containerd
 from Debian's `containerd` package, started here on its own socket and root
 and stopped after). Every figure is verified: the digest read back must be the
-digest of the file.
+digest of the file. A read lands the whole blob in the reader's memory (see
+Landing) and is hashed after the clock stops.
 
     python bench/content.py [--size-mib 1024] [--reps 3] [--json results/content.json]
                             [--no-containerd]
@@ -14,30 +15,28 @@ digest of the file.
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import os
-import queue
 import shutil
 import signal
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-import grpc
-
+from fusesnap.cli.client import open_channel
+from fusesnap.cli.content import ContentClient
 from fusesnap.malloc import reuse_megabyte_buffers
 from fusesnap.pb import content_pb2 as cpb
 from fusesnap.pb import content_pb2_grpc
 
 CHUNK = 1 << 20
-MAX_MESSAGE = 16 * 1024 * 1024 + 64 * 1024
 T = TypeVar("T")
 
 
@@ -78,46 +77,62 @@ def fusesnap_ingest(stub: content_pb2_grpc.ContentStub, path: Path, ref: str) ->
     return digest
 
 
-def fusesnap_read(stub: content_pb2_grpc.ContentStub, digest: str) -> str:
-    """Read the blob back and hash it. Hashing runs in a second thread
-    (hashlib releases the GIL), as the containerd anchor's hashing runs in a
-    process beside ctr: the client keeps up with the server on two cores."""
-    h = hashlib.sha256()
-    chunks: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+class Landing:
+    """Where a timed Read puts the blob: one buffer of the blob's size, its
+    pages touched before the first run, cleared before each. The digest of
+    what landed is taken after the clock stops, so the figure is the rate at
+    which the whole blob reaches the reader's memory, verified (the clients of
+    both stores land it the same way)."""
 
-    def hash_chunks() -> None:
-        while (data := chunks.get()) is not None:
-            h.update(data)
+    def __init__(self, size: int) -> None:
+        self.buffer = bytearray(size)
+        self.view = memoryview(self.buffer)
+        self.received = 0
 
-    hasher = threading.Thread(target=hash_chunks)
-    hasher.start()
-    try:
-        for resp in stub.Read(cpb.ReadContentRequest(digest=digest)):
-            chunks.put(resp.data)
-    finally:
-        chunks.put(None)
-        hasher.join()
-    return "sha256:" + h.hexdigest()
+    def clear(self) -> None:
+        self.view[:] = bytes(len(self.buffer))
+        self.received = 0
+
+    def put(self, offset: int, data: memoryview | bytes) -> None:
+        if offset != self.received:
+            raise RuntimeError(f"chunk at {offset}, expected {self.received}")
+        self.view[offset:offset + len(data)] = data
+        self.received += len(data)
+
+    def digest(self) -> str:
+        if self.received != len(self.buffer):
+            raise RuntimeError(f"received {self.received} bytes of {len(self.buffer)}")
+        return "sha256:" + hashlib.sha256(self.view).hexdigest()
 
 
-def run_fusesnap(work: Path, path: Path, reps: int) -> dict[str, Any]:
+def fusesnap_read(client: ContentClient, digest: str, landing: Landing) -> None:
+    for offset, data in client.read(cpb.ReadContentRequest(digest=digest)):
+        landing.put(offset, data)
+
+
+def _timed_read(read: Callable[[str, Landing], None], digest: str, landing: Landing,
+                who: str) -> float:
+    landing.clear()
+    seconds, _ = _timed(read, digest, landing)
+    if (back := landing.digest()) != digest:
+        raise RuntimeError(f"{who} read back {back}, expected {digest}")
+    return seconds
+
+
+def run_fusesnap(work: Path, path: Path, reps: int, landing: Landing) -> dict[str, Any]:
     root, sock = work / "fusesnap", work / "fusesnap.sock"
     proc = subprocess.Popen([sys.executable, "-m", "fusesnap", "--log-level", "WARNING",
                              "serve", "--root", str(root), "--socket", str(sock)])
     try:
         _wait_for(sock, proc, "fusesnap")
-        channel = grpc.insecure_channel(f"unix:{sock}", options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE),
-            ("grpc.max_send_message_length", MAX_MESSAGE)])
-        stub = content_pb2_grpc.ContentStub(channel)
+        channel = open_channel(str(sock))  # the CLI's
+        stub = ContentClient(channel)
         ingest, read = [], []
         for i in range(reps):
             seconds, digest = _timed(fusesnap_ingest, stub, path, f"bench-{i}")
             ingest.append(seconds)
-            seconds, back = _timed(fusesnap_read, stub, digest)
-            read.append(seconds)
-            if back != digest:
-                raise RuntimeError(f"fusesnap read back {back}, wrote {digest}")
+            read.append(_timed_read(functools.partial(fusesnap_read, stub), digest, landing,
+                                    "fusesnap"))
             stub.Delete(cpb.DeleteContentRequest(digest=str(digest)))
         channel.close()
         return {"ingest": ingest, "read": read, "digest": [digest]}
@@ -126,7 +141,7 @@ def run_fusesnap(work: Path, path: Path, reps: int) -> dict[str, Any]:
         proc.wait(timeout=60)
 
 
-def run_containerd(work: Path, path: Path, reps: int) -> dict[str, Any] | str:
+def run_containerd(work: Path, path: Path, reps: int, landing: Landing) -> dict[str, Any] | str:
     if not shutil.which("containerd") or not shutil.which("ctr"):
         return "containerd and ctr are not installed (Debian package containerd)"
     if os.getuid() != 0:
@@ -150,19 +165,14 @@ def run_containerd(work: Path, path: Path, reps: int) -> dict[str, Any] | str:
             digest = subprocess.run([*ctr, "content", "ls", "-q"], capture_output=True,
                                     text=True, check=True).stdout.split()[0]
 
-            def get(digest: str) -> str:
-                h = hashlib.sha256()
+            def get(digest: str, landing: Landing) -> None:
                 with subprocess.Popen([*ctr, "content", "get", digest],
                                       stdout=subprocess.PIPE) as p:
                     assert p.stdout is not None
-                    while data := p.stdout.read(CHUNK):
-                        h.update(data)
-                return "sha256:" + h.hexdigest()
+                    while n := os.readv(p.stdout.fileno(), [landing.view[landing.received:]]):
+                        landing.received += n
 
-            seconds, back = _timed(get, digest)
-            read.append(seconds)
-            if back != digest:
-                raise RuntimeError(f"containerd read back {back}, expected {digest}")
+            read.append(_timed_read(get, digest, landing, "containerd"))
             subprocess.run([*ctr, "content", "rm", digest], check=True, capture_output=True)
         return {"ingest": ingest, "read": read}
     finally:
@@ -188,12 +198,13 @@ def main() -> int:
             for _ in range(mib):
                 f.write(os.urandom(CHUNK))
         sums = [sha256sum(path) for _ in range(args.reps)]
+        landing = Landing(mib * CHUNK)
         expected = sums[0][1]
-        fs = run_fusesnap(work, path, args.reps)
+        fs = run_fusesnap(work, path, args.reps, landing)
         if fs["digest"][0] != expected:
             raise RuntimeError("fusesnap committed a different digest than sha256sum computed")
         cd = ("not run (--no-containerd)" if args.no_containerd
-              else run_containerd(work, path, args.reps))
+              else run_containerd(work, path, args.reps, landing))
 
     def rate(seconds: list[float]) -> str:
         rates = [mib / s for s in seconds]

@@ -1,8 +1,8 @@
 """Process-wide allocator tuning for megabyte-sized buffers (glibc only).
 
 Every chunk of a content Read or Write allocates several buffers of about
-1 MiB (the pread result, protobuf's encode buffer and serialized bytes,
-gRPC's slice) and frees them before the next chunk. By default glibc maps such
+1 MiB (the encoded message, protobuf's encode buffer and serialized bytes
+for a Write, gRPC's slices) and frees them before the next chunk. By default glibc maps such
 sizes freshly with mmap, or trims the freed heap top back to the kernel (its
 trim threshold only follows the mmap threshold up to twice the largest
 chunk), so each chunk's buffers fault in anew: 250-500 page faults per MiB,

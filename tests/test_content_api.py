@@ -20,6 +20,7 @@ import pytest
 from google.protobuf.field_mask_pb2 import FieldMask
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from fusesnap.cli.content import ContentClient
 from fusesnap.pb import content_pb2 as cpb
 from fusesnap.pb.content_pb2_grpc import ContentStub
 from tests.conftest import PROXY, Daemon, module_daemon
@@ -333,6 +334,17 @@ def blob(shared: Daemon) -> str:
         "offset-at-end", "offset-at-end-sized"])
 def test_read_of_offset_and_size_gives_exactly_that_range(cs, blob, offset, size, start, end):
     assert read(cs, blob, offset, size) == BLOB[start:end]
+
+
+@pytest.mark.parametrize("offset,size,start,end", [
+    (0, 0, 0, N), (-7, 0, 0, N), (MiB - 1, 2, MiB - 1, MiB + 1), (N, 0, N, N), (N - 1, 1, N - 1, N),
+], ids=["all", "negative-offset", "across-a-chunk-boundary", "offset-at-end", "last-byte"])
+def test_the_clis_read_without_protobuf_objects_gives_the_same_chunks(shared, cs, blob, offset,
+                                                                        size, start, end):
+    request = cpb.ReadContentRequest(digest=blob, offset=offset, size=size)
+    fast = list(ContentClient(shared.channel).read(request))
+    assert [(o, bytes(d)) for o, d in fast] == [(r.offset, r.data) for r in cs.Read(request)]
+    assert b"".join(d for _, d in fast) == BLOB[start:end]
 
 
 @pytest.mark.parametrize("offset", [N + 1, N + MiB])

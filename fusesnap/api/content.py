@@ -99,12 +99,13 @@ class ContentServicer(content_pb2_grpc.ContentServicer):
 
     @rpc
     def Read(self, request: cpb.ReadContentRequest,
-             context: grpc.ServicerContext) -> Iterator[cpb.ReadContentResponse]:
+             context: grpc.ServicerContext) -> Iterator[bytes]:
         # No crossing into the trio thread: the blob's file is its existence
-        # and its size (reader.chunks). Every ReadAt of a Go client is one Read.
+        # and its size (reader.messages). Every ReadAt of a Go client is one
+        # Read. The responses are encoded already (content/wire.py; the server
+        # registers Read so).
         path = self.store.blob_path(digests.parse(request.digest))
-        for offset, data in reader.chunks(path, request.offset, request.size):
-            yield cpb.ReadContentResponse(offset=offset, data=data)
+        yield from reader.messages(path, request.offset, request.size)
 
     @rpc
     def Status(self, request: cpb.StatusRequest,

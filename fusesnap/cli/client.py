@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import grpc
+import grpc.experimental
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from fusesnap.config import default_socket
@@ -69,9 +70,14 @@ def socket_path(args: argparse.Namespace) -> str:
 
 
 def open_channel(path: str) -> grpc.Channel:
+    """A channel to the daemon's socket with containerd's message limits.
+    Server-streaming calls (a Read moves a blob in 1 MiB messages) are received
+    in the calling thread rather than handed over from grpc's channel thread
+    one message at a time."""
     return grpc.insecure_channel(f"unix:{path}", options=[
         ("grpc.max_send_message_length", MAX_MESSAGE),
         ("grpc.max_receive_message_length", MAX_MESSAGE),
+        (grpc.experimental.ChannelOptions.SingleThreadedUnaryStream, 1),
     ])
 
 

@@ -10,7 +10,8 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from fusesnap.errors import DataLoss, NotFound, OutOfRange
+from fusesnap.content import wire
+from fusesnap.errors import NotFound, OutOfRange
 
 CHUNK = 1 << 20
 """Bytes per chunk, as containerd's reference sends them."""
@@ -28,9 +29,10 @@ def span(size: int, offset: int, length: int) -> tuple[int, int]:
     return start, end
 
 
-def chunks(path: Path, offset: int, length: int) -> Iterator[tuple[int, bytes]]:
-    """(absolute offset, data) of a Read of (`offset`, `length`) (see :func:`span`)
-    of the committed blob at `path`, in order, at most :data:`CHUNK` bytes each.
+def messages(path: Path, offset: int, length: int) -> Iterator[bytes]:
+    """The encoded ReadContentResponses (see :mod:`fusesnap.content.wire`) of a
+    Read of (`offset`, `length`) (see :func:`span`) of the committed blob at
+    `path`, in order, at most :data:`CHUNK` bytes of data each.
 
     The blob's size is that of its file: a blob file exists exactly while the
     blob is committed (it is renamed into place by the commit and unlinked by
@@ -45,12 +47,7 @@ def chunks(path: Path, offset: int, length: int) -> Iterator[tuple[int, bytes]]:
     try:
         start, end = span(os.fstat(fd).st_size, offset, length)
         os.posix_fadvise(fd, start, end - start, os.POSIX_FADV_SEQUENTIAL)
-        pos = start
-        while pos < end:
-            data = os.pread(fd, min(CHUNK, end - pos), pos)
-            if not data:
-                raise DataLoss(f"content {name} ends at {pos} bytes, expected {end}")
-            yield pos, data
-            pos += len(data)
+        for pos in range(start, end, CHUNK):
+            yield wire.read_message(fd, pos, min(CHUNK, end - pos), name)
     finally:
         os.close(fd)
