@@ -28,7 +28,7 @@ lint: setup
 
 # Benchmarks print figures beside their anchors; they are not tests.
 bench-content: setup
-	$(PY) bench/content.py --json results/content.json
+	$(PY) bench/content.py --reps 5 --json results/content.json
 
 bench-images: setup
 	$(PY) bench/images.py --json results/images.json
