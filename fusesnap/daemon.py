@@ -26,7 +26,7 @@ from fusesnap.layerfs.tree import LayerTree
 from fusesnap.leases.gc import Collector
 from fusesnap.malloc import reuse_megabyte_buffers
 from fusesnap.snapshots.snapshotter import Snapshotter
-from fusesnap.store.db import Database
+from fusesnap.store.db import GROUP_WINDOW, Database
 
 log = logging.getLogger("fusesnap")
 
@@ -110,6 +110,24 @@ async def _run_in(scope: trio.CancelScope, fn: Callable[[], Awaitable[None]]) ->
         await fn()
 
 
+class _GroupCommitter:
+    """Commits the database's open group of filesystem changes
+    (store/db.py) within GROUP_WINDOW seconds of its first change."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self.opened = trio.Event()
+        db.on_group_opened = self.opened.set
+
+    async def run(self) -> None:
+        while True:
+            await self.opened.wait()
+            self.opened = trio.Event()
+            self.db.on_group_opened = self.opened.set
+            await trio.sleep(GROUP_WINDOW)
+            self.db.commit_group()
+
+
 async def serve(config: Config) -> None:
     """Serve until SIGTERM or SIGINT, then stop cleanly."""
     config.root.mkdir(parents=True, exist_ok=True)
@@ -140,6 +158,8 @@ async def serve(config: Config) -> None:
                     # work to each request (pyfuse3 defaults to 99).
                     nursery.start_soon(functools.partial(pyfuse3.main, min_tasks=1,
                                                          max_tasks=1))
+                    committer = trio.CancelScope()
+                    nursery.start_soon(_run_in, committer, _GroupCommitter(db).run)
                     background_gc = trio.CancelScope()
                     if config.role is Role.DIRECT:
                         nursery.start_soon(_run_in, background_gc, collector.run)
@@ -151,6 +171,7 @@ async def serve(config: Config) -> None:
                     background_gc.cancel()
                     await trio.to_thread.run_sync(lambda: server.stop(5).wait())
                     tree.flush()
+                    committer.cancel()
                     pyfuse3.terminate()
         finally:
             pyfuse3.close(unmount=True)

@@ -142,6 +142,7 @@ def test_a_committed_partial_file_reads_the_same_in_a_view_and_after_kill_9(
         again = daemon.prepare("again", "upper")
         with open(again / "f", "ab") as f:
             f.write(b"end")
+            os.fsync(f.fileno())  # the copy-up is in the daemon's open group until then
         daemon.kill()
         daemon.start()
         assert (again / "f").read_bytes() == expected + b"end"

@@ -6,7 +6,9 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
+from fusesnap.store.db import GROUP_WINDOW
 from tests.conftest import Daemon
 
 
@@ -33,7 +35,10 @@ def test_restart_after_kill_clears_stale_mount_and_keeps_snapshots(
     active = d.prepare("work", "base")
     with open(active / "written-before-kill", "wb") as f:
         f.write(b"x" * 100_000)
-    (active / "dir" / "file").write_bytes(b"changed in the active layer")
+        os.fsync(f.fileno())
+    with open(active / "dir" / "file", "r+b") as f:  # a copy-up
+        f.write(b"changed in the active layer")
+        os.fsync(f.fileno())
     d.kill()
     try:
         os.stat(d.mountpoint)
@@ -48,6 +53,55 @@ def test_restart_after_kill_clears_stale_mount_and_keeps_snapshots(
     assert (active / "dir" / "file").read_bytes() == b"changed in the active layer"
     assert (active / "written-before-kill").stat().st_size == 100_000
     assert (active / "written-before-kill").read_bytes() == b"x" * 100_000
+
+
+def _restarted_after_kill(d: Daemon, new_daemon: type[Daemon]) -> Daemon:
+    d.kill()
+    return new_daemon(d.root, d.socket).start()
+
+
+def test_changes_without_fsync_survive_a_kill_once_the_group_window_has_passed(
+    new_daemon: type[Daemon],
+) -> None:
+    d = new_daemon().start()
+    active = d.prepare("work")
+    (active / "dir").mkdir()
+    (active / "dir" / "file").write_bytes(b"not fsynced")
+    os.symlink("file", active / "dir" / "link")
+    time.sleep(GROUP_WINDOW * 5)
+    d = _restarted_after_kill(d, new_daemon)
+    assert (active / "dir" / "file").read_bytes() == b"not fsynced"
+    assert os.readlink(active / "dir" / "link") == "file"
+
+
+def test_a_kill_inside_the_group_window_loses_whole_changes_and_never_bytes_still_named(
+    new_daemon: type[Daemon],
+) -> None:
+    # Committed first: files whose bytes live in the active layer itself.
+    d = new_daemon().start()
+    active = d.prepare("work")
+    names = [f"f{i}" for i in range(50)]
+    for name in names:
+        (active / name).write_bytes(name.encode() * 1000)
+    fd = os.open(active, os.O_RDONLY)
+    os.fsync(fd)  # fsync of the directory commits the group
+    os.close(fd)
+    # Then, with no fsync, change names quickly and kill at once: whatever
+    # the restarted daemon shows of each change must be whole.
+    for name in names[::2]:
+        os.unlink(active / name)
+    for name in names[1::4]:
+        os.rename(active / name, active / f"{name}.moved")
+    (active / "new").write_bytes(b"new bytes")
+    d = _restarted_after_kill(d, new_daemon)
+    seen = sorted(os.listdir(active))
+    for name in names:
+        here = [n for n in (name, f"{name}.moved") if n in seen]
+        assert len(here) <= 1, seen
+        if here:  # a lost unlink keeps the bytes as well as the name
+            assert (active / here[0]).read_bytes() == name.encode() * 1000
+    if "new" in seen:
+        assert (active / "new").read_bytes() in (b"", b"new bytes")
 
 
 def test_second_daemon_on_same_root_is_refused(daemon: Daemon, tmp_path) -> None:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import functools
 import os
 import shutil
 import stat
@@ -477,7 +478,7 @@ class LayerTree:
             os.close(os.open(self.data_path(view.top, oid),
                              os.O_CREAT | os.O_TRUNC | os.O_WRONLY, 0o600))
         try:
-            with self.db.transaction():
+            with self.db.group():
                 return self._insert(view, d, name, oid, mode, uid, gid, rdev, target,
                                     now_ns())
         except BaseException:
@@ -517,7 +518,7 @@ class LayerTree:
         if self.find(view, dir_oid, name):
             raise fs_error(errno.EEXIST)
         now = now_ns()
-        with self.db.transaction():
+        with self.db.group():
             self._set_entry(view, dir_oid, name, oid)
             self._own(view, a)
             a.nlink += 1
@@ -534,11 +535,11 @@ class LayerTree:
             raise fs_error(errno.EISDIR)
         doomed: list[str] = []
         now = now_ns()
-        with self.db.transaction():
+        with self.db.group():
             self._clear_entry(view, dir_oid, name)
             self._drop_link(view, a, now, doomed)
             self._touch_dir(view, d, now)
-        self._unlink_files(doomed)
+        self.db.after_commit(functools.partial(self._unlink_files, doomed))
 
     def rmdir(self, view: View, dir_oid: int, name: bytes) -> None:
         self._writable(view)
@@ -550,7 +551,7 @@ class LayerTree:
             raise fs_error(errno.ENOTEMPTY)
         now = now_ns()
         doomed: list[str] = []
-        with self.db.transaction():
+        with self.db.group():
             self._clear_entry(view, dir_oid, name)
             self._remove_dir_object(view, a, doomed)
             self._touch_dir(view, d, now, -1)
@@ -595,7 +596,7 @@ class LayerTree:
                 raise fs_error(errno.ENOTEMPTY)
         now = now_ns()
         doomed: list[str] = []
-        with self.db.transaction():
+        with self.db.group():
             if exchange:
                 assert t is not None
                 self._set_entry(view, old_dir, old_name, t.oid)
@@ -629,7 +630,7 @@ class LayerTree:
             self._touch_dir(view, od, now)
             if new_dir != old_dir:
                 self._touch_dir(view, nd, now)
-        self._unlink_files(doomed)
+        self.db.after_commit(functools.partial(self._unlink_files, doomed))
 
     # ----------------------------------------------------------------- attributes
 
@@ -646,7 +647,7 @@ class LayerTree:
                 raise fs_error(errno.EISDIR)
             if not stat.S_ISREG(a.mode):
                 raise fs_error(errno.EINVAL)
-        with self.db.transaction():
+        with self.db.group():
             self._own(view, a)
             if size is not None:
                 self._own_data(view, a, keep=size > 0)
@@ -681,7 +682,7 @@ class LayerTree:
             raise fs_error(errno.EEXIST)
         if replace and not present:
             raise fs_error(errno.ENODATA)
-        with self.db.transaction():
+        with self.db.group():
             self._own(view, a)
             self.db.execute(
                 "INSERT OR REPLACE INTO xattrs (oid, layer, name, value) VALUES (?,?,?,?)",
@@ -697,7 +698,7 @@ class LayerTree:
         a = self.attr(view, oid)
         if name not in self.xattrs(view, a):
             raise fs_error(errno.ENODATA)
-        with self.db.transaction():
+        with self.db.group():
             self._own(view, a)
             self.db.execute(
                 "DELETE FROM xattrs WHERE oid = ? AND layer = ? AND name = ?",
@@ -810,7 +811,7 @@ class LayerTree:
         if writable:
             self._writable(view)
             if trunc or a.data != view.top or a.layer != view.top:
-                with self.db.transaction():
+                with self.db.group():
                     self._own(view, a)
                     # Truncating needs no copy of the lower bytes.
                     self._own_data(view, a, keep=not trunc)
@@ -851,6 +852,7 @@ class LayerTree:
 
     def fsync(self, of: OpenFile, datasync: bool) -> None:
         self._flush_one(of.view, of.attr)
+        self.sync()
         if datasync:
             os.fdatasync(of.fd)
         else:
@@ -869,16 +871,16 @@ class LayerTree:
         a = of.attr
         if not handles and a.nlink == 0 and a.layer == of.view.top and of.view.writable:
             doomed: list[str] = []
-            with self.db.transaction():
+            with self.db.group():
                 self._purge(of.view, a, doomed)
-            self._unlink_files(doomed)
+            self.db.after_commit(functools.partial(self._unlink_files, doomed))
         else:
             self._flush_one(of.view, a)
 
     def _flush_one(self, view: View, a: Attr) -> None:
         if self._dirty.pop((view.top, a.oid), None) is not None:
             self._measure(a)
-            with self.db.transaction():
+            with self.db.group():
                 self._save(a)
 
     def _measure(self, a: Attr) -> None:
@@ -897,6 +899,11 @@ class LayerTree:
         a.blocks = None
         self._measure(a)
         self._save(a)
+
+    def sync(self) -> None:
+        """Commit the filesystem changes made so far (an fsync of a file or
+        directory; store/db.py groups them otherwise)."""
+        self.db.commit_group()
 
     def flush(self, view: View | None = None) -> None:
         """Record the sizes and times that writes changed (all views, or one)."""

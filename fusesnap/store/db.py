@@ -2,18 +2,28 @@
 
 All access happens on the trio thread (DESIGN.md, concurrency model), so a
 single connection serves the whole process. WAL with synchronous=NORMAL
-survives a killed process; every API mutation is one transaction.
+survives a killed process; every API mutation is one transaction, committed
+before the call returns.
+
+Filesystem operations are grouped instead (:meth:`Database.group`), as a
+journaling filesystem groups its metadata changes: each is atomic on its own
+(a savepoint), and a group of them is committed together, by the daemon within
+:data:`GROUP_WINDOW` seconds of the first, at an fsync, and before any other
+transaction. A killed daemon loses at most the last group's changes, whole, as
+a crashed filesystem loses what was not yet fsynced.
 """
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 SCHEMA_VERSION = 1
+GROUP_WINDOW = 0.05
+"""Seconds a group of filesystem changes stays open at most."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -196,6 +206,9 @@ class Database:
         self.conn.execute("PRAGMA synchronous=NORMAL")
         self.conn.execute("PRAGMA foreign_keys=OFF")
         self._depth = 0
+        self._group_open = False
+        self._after_commit: list[Callable[[], None]] = []
+        self.on_group_opened: Callable[[], None] = lambda: None
         self._migrate()
 
     def _migrate(self) -> None:
@@ -219,14 +232,13 @@ class Database:
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
-        """Run the block in one transaction; nested blocks join the outer one."""
+        """Run the block in one transaction, committed when it ends (after the
+        open group's, if any); nested blocks join the outer one."""
         if self._depth:
-            self._depth += 1
-            try:
+            with self._nested():
                 yield
-            finally:
-                self._depth -= 1
             return
+        self.commit_group()
         self.conn.execute("BEGIN IMMEDIATE")
         self._depth = 1
         try:
@@ -234,9 +246,73 @@ class Database:
         except BaseException:
             self._depth = 0
             self.conn.execute("ROLLBACK")
+            self._after_commit.clear()
             raise
         self._depth = 0
         self.conn.execute("COMMIT")
+        self._run_after_commit()
+
+    @contextmanager
+    def group(self) -> Iterator[None]:
+        """Run the block atomically as part of the open group of changes
+        (opening one if none is): an error undoes the block alone; the group
+        is committed later (see the module). Nested blocks join the outer one."""
+        if self._depth:
+            with self._nested():
+                yield
+            return
+        opened = not self._group_open
+        if opened:
+            self.conn.execute("BEGIN IMMEDIATE")
+            self._group_open = True
+        self.conn.execute("SAVEPOINT change")
+        self._depth = 1
+        mark = len(self._after_commit)
+        try:
+            yield
+        except BaseException:
+            self._depth = 0
+            del self._after_commit[mark:]
+            if opened:  # nothing else is in the group
+                self._group_open = False
+                self.conn.execute("ROLLBACK")
+            else:
+                self.conn.execute("ROLLBACK TO change")
+                self.conn.execute("RELEASE change")
+            raise
+        self._depth = 0
+        self.conn.execute("RELEASE change")
+        if opened:
+            self.on_group_opened()
+
+    @contextmanager
+    def _nested(self) -> Iterator[None]:
+        self._depth += 1
+        try:
+            yield
+        finally:
+            self._depth -= 1
+
+    def commit_group(self) -> None:
+        """Commit the open group of changes, if any (never inside a block)."""
+        if self._group_open and not self._depth:
+            self._group_open = False
+            self.conn.execute("COMMIT")
+            self._run_after_commit()
+
+    def after_commit(self, action: Callable[[], None]) -> None:
+        """Run `action` once what the current block changed is committed (at
+        once outside any block): for what must not happen before, such as
+        removing a file the committed rows may still name."""
+        if self._depth or self._group_open:
+            self._after_commit.append(action)
+        else:
+            action()
+
+    def _run_after_commit(self) -> None:
+        actions, self._after_commit = self._after_commit, []
+        for action in actions:
+            action()
 
     def execute(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> sqlite3.Cursor:
         return self.conn.execute(sql, params)
@@ -251,4 +327,5 @@ class Database:
         return self.conn.execute(sql, params).fetchall()
 
     def close(self) -> None:
+        self.commit_group()
         self.conn.close()
