@@ -117,13 +117,12 @@ class _GroupCommitter:
     def __init__(self, db: Database) -> None:
         self.db = db
         self.opened = trio.Event()
-        db.on_group_opened = self.opened.set
+        db.on_group_opened = lambda: self.opened.set()
 
     async def run(self) -> None:
         while True:
             await self.opened.wait()
             self.opened = trio.Event()
-            self.db.on_group_opened = self.opened.set
             await trio.sleep(GROUP_WINDOW)
             self.db.commit_group()
 

@@ -15,8 +15,8 @@ varint, omitted when 0 as proto3 does), field 2 ``data`` (bytes).
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
-import sys
 
 from fusesnap.errors import DataLoss
 
@@ -53,19 +53,12 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _pread = _libc.pread
 _pread.restype = ctypes.c_ssize_t
 _pread.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int64)
-_IN_PLACE = sys.implementation.name == "cpython"
 
 
 def read_message(fd: int, offset: int, length: int, name: str) -> bytes:
     """The encoded ReadContentResponse for `length` bytes of `fd` at `offset`,
     read straight into the returned bytes. DataLoss if the file ends first."""
     head = header(offset, length)
-    if not _IN_PLACE:
-        data = os.pread(fd, length, offset)
-        if len(data) < length:
-            raise DataLoss(f"content {name} ends at {offset + len(data)} bytes, "
-                           f"expected {offset + length}")
-        return head + data
     message: bytes = _new_bytes(None, len(head) + length)
     base = id(message) + _BYTES_DATA
     ctypes.memmove(base, head, len(head))
@@ -74,7 +67,7 @@ def read_message(fd: int, offset: int, length: int, name: str) -> bytes:
         n = _pread(fd, base + len(head) + done, length - done, offset + done)
         if n < 0:
             err = ctypes.get_errno()
-            if err == 4:  # EINTR
+            if err == errno.EINTR:
                 continue
             raise OSError(err, os.strerror(err), name)
         if n == 0:
