@@ -7,7 +7,7 @@ store (records, locks) is reached only through `call` (the caller's way onto
 the store's thread): when the stream opens, when it names a new expected
 digest, at commit and at close. What must survive a crash is persisted by the
 store at creation and at commit; in between, the data file's size is the
-offset.
+offset and its mtime the time of the last write (see :meth:`Writer.write`).
 """
 
 from __future__ import annotations
@@ -65,7 +65,8 @@ class Progress:
 
 def progress(record: IngestRecord) -> Progress | None:
     """The ingest's progress from its data file (size = offset, mtime = last
-    write); None when the ingest was aborted since `record` was read."""
+    write, as :meth:`Writer.write` sets it); None when the ingest was aborted
+    since `record` was read."""
     try:
         st = os.stat(record.data)
     except FileNotFoundError:
@@ -157,22 +158,34 @@ class Writer:
     def write(self, offset: int, data: bytes) -> None:
         """Append `data` at the current offset. OutOfRange if `offset` > 0 and is
         not the current offset; `offset` == 0 over stored bytes restarts the
-        ingest empty first; a negative offset means "here"."""
+        ingest empty first; a negative offset means "here".
+
+        Once it returns, the ingest's updated time (:attr:`updated_ns`, and
+        the data file's mtime that Status reads, before and after a restart)
+        is a time taken after the bytes were written."""
         if offset > 0 and offset != self.offset:
             raise OutOfRange(f"write @{offset} must occur at current offset {self.offset}")
         if offset == 0 and self.offset > 0:
             os.ftruncate(self._fd, 0)
             self._hash = hashlib.sha256()
             self.offset = 0
-            self.updated_ns = time.time_ns()
+            self._touch()
         if not data:
             return
         n = os.pwrite(self._fd, data, self.offset)
         self._hash.update(data[:n] if n < len(data) else data)
         self.offset += n
-        self.updated_ns = time.time_ns()
+        self._touch()
         if n != len(data):
             raise DataLoss(f"wrote {n} of {len(data)} bytes")
+
+    def _touch(self) -> None:
+        # The kernel stamps the mtime from its coarse clock, up to a tick (a
+        # few ms) behind time.time_ns(): a client's time taken before its
+        # Write could be later than the stamp (containerd's content suite,
+        # Resume, compares them). One futimens per message.
+        self.updated_ns = time.time_ns()
+        os.utime(self._fd, ns=(self.updated_ns, self.updated_ns))
 
     def commit(self, labels: Mapping[str, str]) -> BlobRecord:
         """Verify and publish the ingest as a blob, ending it.

@@ -1,7 +1,7 @@
 """The content store: committed blobs, their labels, ingest records and ref locks.
 
 Every method runs on the thread that owns the database (DESIGN.md) and does
-quick metadata work only: one transaction, a rename, an unlink. Bytes are
+quick metadata work only: one transaction, a link, an unlink. Bytes are
 written and hashed by `fusesnap.content.ingest` and read by
 `fusesnap.content.reader`, in the caller's thread.
 
@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fusesnap import filters
+from fusesnap import faults, filters
 from fusesnap.content.digests import ALGORITHMS, Digest, parse
 from fusesnap.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable
 from fusesnap.filters import quote
@@ -97,6 +97,16 @@ def _remove_file(path: Path) -> None:
         pass
     except OSError as e:  # the record is gone already; recover() sweeps the file
         log.warning("cannot remove %s: %s", path, e)
+
+
+def _link(source: Path, target: Path) -> None:
+    """Give the file `source` the name `target` as well, replacing a file there
+    (one no record owns: the caller found no record for it)."""
+    try:
+        os.link(source, target)
+    except FileExistsError:  # left by a Delete whose unlink failed
+        os.unlink(target)
+        os.link(source, target)
 
 
 _BLOB = "SELECT digest, size, created_ns, updated_ns FROM content_blobs"
@@ -336,9 +346,14 @@ class ContentStore:
         The caller has checked size and digest and synced the data. NotFound
         if the ingest was aborted under the stream; AlreadyExists, after
         removing the ingest, if the blob exists (of two refs committing the
-        same bytes, exactly one creates it). The rename into blobs/ happens
-        inside the transaction that records the blob, and is undone if that
-        transaction fails.
+        same bytes, exactly one creates it).
+
+        The data file is linked (not renamed) into blobs/ inside the
+        transaction that records the blob, so the blob is readable as soon
+        as this returns and the ingest keeps its bytes until the blob is
+        recorded: a crash before the commit leaves the ingest whole, and
+        :meth:`recover` removes the unrecorded blob file. The link is undone if
+        the transaction fails; the ingest's directory goes after it commits.
         """
         d = parse(digest)
         ref = lock.ref
@@ -353,7 +368,7 @@ class ContentStore:
         target = self.blob_path(d)
         target.parent.mkdir(exist_ok=True)
         now = time.time_ns()
-        renamed = False
+        linked = False
         try:
             with self.db.transaction():
                 self.db.execute(
@@ -363,11 +378,12 @@ class ContentStore:
                 self.db.execute("DELETE FROM content_ingests WHERE ref = ?", (ref,))
                 self.leases.hold(lock.holder, Resource(CONTENT, str(d)))
                 self.leases.release(lock.holder, Resource(INGESTS, ref))
-                os.rename(data, target)
-                renamed = True
+                _link(data, target)
+                linked = True
+                faults.crash_at("content-commit-linked")
         except BaseException:
-            if renamed:
-                os.rename(target, data)
+            if linked:
+                _remove_file(target)
             raise
         del self._locks[ref]
         _remove_dir(data.parent)
@@ -389,9 +405,10 @@ class ContentStore:
 
         Ingest directories without a record (a crash while creating or
         removing one) and blob files without a record (a crash between a
-        rename and its transaction, or before a Delete's unlink) are removed;
-        a record whose data file is missing gets an empty one, and a blob
-        record whose file is missing is dropped with a warning.
+        Commit's link and its transaction — the ingest still has the bytes —
+        or before a Delete's unlink) are removed; a record whose data file is
+        missing gets an empty one, and a blob record whose file is missing is
+        dropped with a warning.
         """
         refs = [r for (r,) in self.db.all("SELECT ref FROM content_ingests")]
         owned = {self.ingest_dir(r).name for r in refs}
