@@ -8,6 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
+class StartupError(Exception):
+    """The daemon cannot start; the message says why and what to do."""
+
+
 class Role(enum.Enum):
     """Who the daemon serves (DESIGN.md, "Two roles, kept apart")."""
 
@@ -52,11 +56,15 @@ class Config:
     """Seconds an ingest on no lease is safe from collection after it started."""
     gc_delay: float = 1.0
     """Seconds between a deletion and the background collection it triggers."""
+    socket_group: str | None = None
+    """The group that may connect to the socket besides the daemon's user (name
+    or number); None: root's for a root daemon, none for an ordinary user's."""
 
     @classmethod
     def make(cls, root: str | None = None, socket: str | None = None,
              mountpoint: str | None = None, role: str | None = None,
-             ingest_grace: float | None = None, gc_delay: float | None = None) -> Config:
+             ingest_grace: float | None = None, gc_delay: float | None = None,
+             socket_group: str | None = None) -> Config:
         r = Path(root).absolute() if root else default_root().absolute()
         s = Path(socket).absolute() if socket else default_socket(r).absolute()
         m = Path(mountpoint).absolute() if mountpoint else Path(
@@ -64,4 +72,6 @@ class Config:
         return cls(root=r, socket=s, mountpoint=m,
                    role=Role(role) if role else default_role(),
                    ingest_grace=cls.ingest_grace if ingest_grace is None else ingest_grace,
-                   gc_delay=cls.gc_delay if gc_delay is None else gc_delay)
+                   gc_delay=cls.gc_delay if gc_delay is None else gc_delay,
+                   socket_group=socket_group or os.environ.get("FUSESNAP_SOCKET_GROUP")
+                   or None)

@@ -19,24 +19,30 @@ import trio
 
 from fusesnap.api.server import make_server
 from fusesnap.bridge import TrioBridge
-from fusesnap.config import Config, Role
+from fusesnap.config import Config, Role, StartupError
 from fusesnap.content.store import ContentStore
 from fusesnap.layerfs.ops import LayerFS
 from fusesnap.layerfs.tree import LayerTree
 from fusesnap.leases.gc import Collector
 from fusesnap.malloc import reuse_megabyte_buffers
+from fusesnap.permissions import (
+    DIR_MODE,
+    FILE_MODE,
+    NotPrivate,
+    private_dir,
+    restrict_process,
+    restrict_socket,
+    socket_group,
+    tighten,
+)
 from fusesnap.snapshots.snapshotter import Snapshotter
 from fusesnap.store.db import GROUP_WINDOW, Database
 
 log = logging.getLogger("fusesnap")
 
 
-class StartupError(Exception):
-    """The daemon cannot start; the message says why and what to do."""
-
-
 def _lock_root(root: Path) -> int:
-    fd = os.open(root / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(root / "lock", os.O_RDWR | os.O_CREAT, FILE_MODE)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -69,8 +75,13 @@ def prepare_mountpoint(path: Path) -> None:
         raise StartupError(f"{path} is already a mount point; unmount it first")
 
 
-def prepare_socket(path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+def prepare_socket(path: Path, group: int | None) -> None:
+    """Make the socket's directory if missing (0700, or 0750 with a group);
+    clear a socket left by a killed daemon."""
+    if not path.parent.exists():
+        private_dir(path.parent, DIR_MODE if group is None else 0o750)
+        if group is not None:
+            os.chown(path.parent, -1, group)
     if not path.exists() and not path.is_socket():
         return
     probe = socketlib.socket(socketlib.AF_UNIX)
@@ -127,9 +138,23 @@ class _GroupCommitter:
             self.db.commit_group()
 
 
+def _private_store(root: Path) -> None:
+    """Tighten what a store made by an older fusesnap left open (see
+    fusesnap/permissions.py; new files are private by the umask)."""
+    tighten([root / name for name in ("lock", "metadata.db", "metadata.db-wal",
+                                      "metadata.db-shm")], FILE_MODE)
+    tighten([root / "layers", root / "content", root / "content" / "blobs",
+             root / "content" / "ingest"], DIR_MODE)
+
+
 async def serve(config: Config) -> None:
     """Serve until SIGTERM or SIGINT, then stop cleanly."""
-    config.root.mkdir(parents=True, exist_ok=True)
+    restrict_process()
+    try:
+        group = socket_group(config.socket_group)
+        private_dir(config.root)
+    except NotPrivate as e:
+        raise StartupError(str(e)) from None
     lock = _lock_root(config.root)
     reuse_megabyte_buffers()
     db = Database(config.root / "metadata.db")
@@ -139,8 +164,9 @@ async def serve(config: Config) -> None:
         snapshotter.recover()
         content = ContentStore(db, config.root / "content")
         content.recover()
+        _private_store(config.root)
         prepare_mountpoint(config.mountpoint)
-        prepare_socket(config.socket)
+        prepare_socket(config.socket, group)
         options = mount_options()
         collector = Collector(db, snapshotter, content, config.ingest_grace, config.gc_delay)
         log.info("root=%s mountpoint=%s socket=%s role=%s options=%s", config.root,
@@ -150,6 +176,10 @@ async def serve(config: Config) -> None:
             bridge = TrioBridge(trio.lowlevel.current_trio_token())
             server = make_server(bridge, config.socket, config.role, snapshotter, content,
                                  collector)
+            try:
+                restrict_socket(config.socket, group)
+            except NotPrivate as e:
+                raise StartupError(str(e)) from None
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                 async with trio.open_nursery() as nursery:
                     # One worker: every handler runs to completion without

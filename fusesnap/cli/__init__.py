@@ -18,7 +18,7 @@ def _serve(args: argparse.Namespace) -> int:
     from fusesnap.daemon import StartupError, serve
 
     config = Config.make(args.root, args.socket, args.mountpoint, args.role,
-                         args.ingest_grace, args.gc_delay)
+                         args.ingest_grace, args.gc_delay, args.socket_group)
     try:
         trio.run(serve, config)
     except StartupError as e:
@@ -80,6 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--gc-delay", type=_seconds, default=None, metavar="SECONDS",
                        help="delay between a deletion and the background collection "
                             "(default 1)")
+    serve.add_argument("--socket-group", default=None, metavar="GROUP",
+                       help="group that may connect to the socket (mode 0660) besides the "
+                            "daemon's user (env FUSESNAP_SOCKET_GROUP; default: root for a "
+                            "root daemon, none (mode 0600) for an ordinary user's)")
     serve.set_defaults(func=_serve)
 
     from fusesnap.cli import content, gc, images, leases, snapshots

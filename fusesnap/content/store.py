@@ -388,7 +388,7 @@ class ContentStore:
         del self._locks[ref]
         _remove_dir(data.parent)
         try:
-            os.chmod(target, 0o444)  # committed content never changes
+            os.chmod(target, 0o400)  # committed content never changes; private (permissions.py)
         except OSError as e:
             log.warning("cannot make %s read-only: %s", target, e)
         return self._get(d)

@@ -94,7 +94,10 @@ class LayerFS(pyfuse3.Operations):
         # one left by a killed daemon answers ENOTCONN (a restart clears it).
         e.entry_timeout = 0
         e.attr_timeout = 0
-        e.st_mode = stat.S_IFDIR | 0o755
+        # Private to the daemon's user wherever the mountpoint is: a root
+        # daemon's snapshots hold setuid binaries and device nodes
+        # (fusesnap/permissions.py).
+        e.st_mode = stat.S_IFDIR | 0o700
         e.st_nlink = 2
         e.st_uid = self.uid
         e.st_gid = self.gid
