@@ -12,15 +12,21 @@ Matching is done against an *adaptor*: a callable that maps a field path
 (a tuple of path components) to the field's value, or ``None`` when the
 object has no such field. :func:`object_adaptor` builds one for the usual
 "plain fields + labels (+ annotations)" object shape.
+
+``~=`` values are RE2 regular expressions, as in containerd (Go's regexp is
+RE2): matching takes time linear in the value's length whatever the pattern,
+and patterns RE2 rejects (backreferences, lookarounds) are InvalidArgument.
 """
 
 from __future__ import annotations
 
 import enum
-import re
 import unicodedata
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import re2
 
 from fusesnap.errors import InvalidArgument
 
@@ -28,6 +34,7 @@ __all__ = [
     "Adaptor",
     "Filter",
     "Operator",
+    "Regex",
     "Selector",
     "object_adaptor",
     "parse",
@@ -50,6 +57,32 @@ class Operator(enum.Enum):
 _OPERATORS = {op.value: op for op in Operator if op is not Operator.PRESENT}
 
 
+class Regex(Protocol):
+    """A compiled ``~=`` pattern, searched over UTF-8 bytes."""
+
+    def search(self, text: bytes) -> object | None:
+        """Return a match object if the pattern occurs anywhere in `text`, else None."""
+        ...
+
+
+def _regex_options() -> re2.Options:
+    options = re2.Options()
+    # A client's bad pattern is its error, reported to it; RE2 would also
+    # write it to stderr.
+    options.log_errors = False
+    return options
+
+
+_REGEX_OPTIONS = _regex_options()
+
+
+def _utf8(text: str) -> bytes:
+    # Values decoded from non-UTF-8 escapes carry their bytes as lone
+    # surrogates (see _Parser.unquote); give RE2 those bytes back, so a
+    # pattern holding them is refused as invalid UTF-8, as Go refuses it.
+    return text.encode("utf-8", errors="surrogateescape")
+
+
 @dataclass(frozen=True)
 class Selector:
     """One ``fieldpath [op value]`` term of a filter."""
@@ -57,7 +90,8 @@ class Selector:
     fieldpath: tuple[str, ...]
     operator: Operator
     value: str = ""
-    regex: re.Pattern[str] | None = None
+    # Compiled from `value` (for ``~=`` only), so it adds nothing to equality.
+    regex: Regex | None = field(default=None, compare=False)
 
     def match(self, adaptor: Adaptor) -> bool:
         """Report whether the object behind `adaptor` satisfies this selector.
@@ -74,7 +108,7 @@ class Selector:
         if self.operator is Operator.NOT_EQUAL:
             return actual != self.value
         assert self.regex is not None
-        return self.regex.search(actual) is not None
+        return self.regex.search(_utf8(actual)) is not None
 
 
 @dataclass(frozen=True)
@@ -292,10 +326,15 @@ class _Parser:
         regex = None
         if operator is Operator.MATCHES:
             try:
-                regex = re.compile(value)
-            except re.error as exc:
+                regex = re2.compile(_utf8(value), _REGEX_OPTIONS)
+            except re2.error as exc:
+                reason = exc.args[0] if exc.args else exc
+                if isinstance(reason, bytes):
+                    # RE2's reason quotes the offending part of the pattern,
+                    # which need not be UTF-8.
+                    reason = reason.decode("utf-8", errors="replace")
                 raise self.error(
-                    value_pos, f"invalid regular expression {quote(value)}: {exc}"
+                    value_pos, f"invalid regular expression {quote(value)}: {reason}"
                 ) from None
         return Selector(fieldpath, operator, value, regex)
 

@@ -121,7 +121,7 @@ def test_parsed_filter_exposes_selectors() -> None:
                 Selector(("name",), Operator.EQUAL, "a"),
                 Selector(("labels", "x"), Operator.PRESENT),
             ),
-            (Selector(("kind",), Operator.MATCHES, "v", re.compile("v")),),
+            (Selector(("kind",), Operator.MATCHES, "v"),),
         )
     )
 
@@ -279,7 +279,39 @@ def test_invalid_regex_is_invalid_argument() -> None:
 
 def test_regex_is_compiled_at_parse_time() -> None:
     (selectors,) = parse(["name~=^a"]).alternatives
-    assert isinstance(selectors[0].regex, re.Pattern)
+    assert selectors[0].regex is not None
+    assert selectors[0].regex.search(b"abc") is not None
+
+
+# Go's regexp, which containerd uses, is RE2: no backreferences, no lookaround.
+def test_regex_backreference_is_invalid_argument() -> None:
+    assert invalid(r"name~=(a)\1").message == (
+        r'filters: parse error: [name~= >|(|< a)\1]: '
+        r'invalid regular expression "(a)\\1": invalid escape sequence: \1'
+    )
+
+
+def test_regex_lookahead_is_invalid_argument() -> None:
+    assert invalid("name~=^a(?=b)").message == (
+        'filters: parse error: [name~= >|^|< a(?=b)]: '
+        'invalid regular expression "^a(?=b)": invalid perl operator: (?='
+    )
+
+
+def test_regex_of_invalid_utf8_is_invalid_argument() -> None:
+    assert invalid(r'name~="\xff"').message.endswith(
+        r'invalid regular expression "\xff": invalid UTF-8'
+    )
+
+
+def test_regex_dot_matches_one_unicode_character() -> None:
+    assert matches(["name~=^.$"], {"name": "世"})
+    assert matches(["name~=^caf.$"], {"name": "café"})
+
+
+def test_regex_may_hold_unicode_literals() -> None:
+    assert matches(["name~=é世"], {"name": "xé世y"})
+    assert not matches(["name~=é世"], {"name": "e世"})
 
 
 def test_slash_quoted_value_with_equal_operator_is_invalid_argument() -> None:
