@@ -198,7 +198,13 @@ async def serve(config: Config) -> None:
                         log.info("%s: stopping", signal.Signals(signum).name)
                         break
                     background_gc.cancel()
-                    await trio.to_thread.run_sync(lambda: server.stop(5).wait())
+                    # Calls in flight get 5 s, then gRPC cancels them. grpcio
+                    # may never report a call ended (one that sent two
+                    # statuses, say), so stop waiting after 8 s: such calls
+                    # are abandoned, and their worker threads are daemon
+                    # threads (api/server.py), so they cannot hold up the exit.
+                    if not await trio.to_thread.run_sync(server.stop(5).wait, 8):
+                        log.warning("gRPC calls still in flight 8 s after the stop: abandoned")
                     tree.flush()
                     committer.cancel()
                     pyfuse3.terminate()

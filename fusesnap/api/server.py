@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection
+import queue
+import threading
+from collections.abc import Callable, Collection
 from concurrent import futures
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import grpc
 from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message_factory import GetMessageClass
 
 from fusesnap.api.apply import ApplierServicer
+from fusesnap.api.badrequests import checked, tolerant
 from fusesnap.api.content import ContentServicer
 from fusesnap.api.diff import DiffServicer
 from fusesnap.api.headers import Headers
@@ -24,13 +29,13 @@ from fusesnap.content.store import ContentStore
 from fusesnap.images.store import ImageStore
 from fusesnap.leases.gc import Collector
 from fusesnap.pb import (
-    apply_pb2_grpc,
-    diff_pb2_grpc,
-    gc_pb2_grpc,
-    images_pb2_grpc,
-    leases_pb2_grpc,
-    namespaces_pb2_grpc,
-    snapshots_pb2_grpc,
+    apply_pb2,
+    diff_pb2,
+    gc_pb2,
+    images_pb2,
+    leases_pb2,
+    namespaces_pb2,
+    snapshots_pb2,
 )
 from fusesnap.pb import content_pb2 as cpb
 from fusesnap.snapshots.snapshotter import Snapshotter
@@ -43,26 +48,71 @@ def _encoded(message: bytes) -> bytes:
     return message
 
 
-def _add_servicer(server: grpc.Server, service: ServiceDescriptor, servicer: object,
+def _add_servicer(server: grpc.Server, module: ModuleType, name: str, servicer: object,
                   encoded: Collection[str] = ()) -> None:
-    """Register `servicer`'s methods for `service` as the generated
-    add_*Servicer_to_server does, except that the methods named in `encoded`
-    return (or yield) their responses already encoded as bytes."""
+    """Register `servicer`'s methods for the service `name` of the generated
+    `module` (a *_pb2) as its add_*Servicer_to_server would, except that a
+    request that does not parse ends its call with InvalidArgument and at most
+    one rate-limited log line (api/badrequests.py), and the methods named in
+    `encoded` return (or yield) their responses already encoded as bytes."""
     kinds = {(False, False): grpc.unary_unary_rpc_method_handler,
              (False, True): grpc.unary_stream_rpc_method_handler,
              (True, False): grpc.stream_unary_rpc_method_handler,
              (True, True): grpc.stream_stream_rpc_method_handler}
+    service: ServiceDescriptor = module.DESCRIPTOR.services_by_name[name]
     handlers = {}
     for method in service.methods:
         make = kinds[method.client_streaming, method.server_streaming]
         output = GetMessageClass(method.output_type)
+        path = f"/{service.full_name}/{method.name}"
         handlers[method.name] = make(
-            getattr(servicer, method.name),
-            request_deserializer=GetMessageClass(method.input_type).FromString,
+            checked(getattr(servicer, method.name), path, method.client_streaming),
+            request_deserializer=tolerant(GetMessageClass(method.input_type).FromString, path),
             response_serializer=_encoded if method.name in encoded else output.SerializeToString)
     server.add_generic_rpc_handlers(
         (grpc.method_handlers_generic_handler(service.full_name, handlers),))
     server.add_registered_method_handlers(service.full_name, handlers)
+
+
+class _Workers(futures.Executor):
+    """Runs gRPC's calls on `count` daemon threads.
+
+    Unlike ThreadPoolExecutor's threads, which the interpreter joins at exit,
+    a call stuck for good (one gRPC's stop abandoned) cannot keep the process
+    alive once the daemon has stopped."""
+
+    def __init__(self, count: int) -> None:
+        self._queue: queue.SimpleQueue[tuple[futures.Future[Any], Callable[..., Any],
+                                             tuple[Any, ...], dict[str, Any]] | None]
+        self._queue = queue.SimpleQueue()
+        self._count = count
+        for i in range(count):
+            threading.Thread(target=self._work, name=f"grpc_{i}", daemon=True).start()
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any,
+               **kwargs: Any) -> futures.Future[Any]:
+        future: futures.Future[Any] = futures.Future()
+        self._queue.put((future, fn, args, kwargs))
+        return future
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Let the idle threads end; never waits (`wait` is ignored)."""
+        for _ in range(self._count):
+            self._queue.put(None)
+
+    def _work(self) -> None:
+        while (job := self._queue.get()) is not None:
+            _run(*job)
+            job = None  # an idle thread keeps no finished call alive
+
+
+def _run(future: futures.Future[Any], fn: Callable[..., Any], args: tuple[Any, ...],
+         kwargs: dict[str, Any]) -> None:
+    if future.set_running_or_notify_cancel():
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as exc:
+            future.set_exception(exc)
 
 
 def make_server(bridge: TrioBridge, socket: Path, role: Role, snapshotter: Snapshotter,
@@ -70,29 +120,29 @@ def make_server(bridge: TrioBridge, socket: Path, role: Role, snapshotter: Snaps
     """Snapshots, Content and Namespaces in both roles; Leases, Images and GC
     only in the direct role (as a proxy, containerd owns them: spec §9.2)."""
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc"),
+        _Workers(workers),  # grpcio only calls its submit()
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE),
             ("grpc.max_send_message_length", MAX_MESSAGE),
         ],
     )
     headers = Headers(role)
-    snapshots_pb2_grpc.add_SnapshotsServicer_to_server(
-        SnapshotsServicer(bridge, snapshotter, headers), server)
-    _add_servicer(server, cpb.DESCRIPTOR.services_by_name["Content"],
+    _add_servicer(server, snapshots_pb2, "Snapshots",
+                  SnapshotsServicer(bridge, snapshotter, headers))
+    _add_servicer(server, cpb, "Content",
                   ContentServicer(bridge, content, headers), encoded={"Read"})
-    namespaces_pb2_grpc.add_NamespacesServicer_to_server(NamespacesServicer(), server)
-    apply_pb2_grpc.add_ApplierServicer_to_server(
-        ApplierServicer(bridge, snapshotter, content), server)
-    diff_pb2_grpc.add_DifferServicer_to_server(DiffServicer(bridge, snapshotter), server)
+    _add_servicer(server, namespaces_pb2, "Namespaces", NamespacesServicer())
+    _add_servicer(server, apply_pb2, "Applier",
+                  ApplierServicer(bridge, snapshotter, content))
+    _add_servicer(server, diff_pb2, "Differ", DiffServicer(bridge, snapshotter))
     if role is Role.DIRECT:
         leases = snapshotter.leases
-        leases_pb2_grpc.add_LeasesServicer_to_server(
-            LeasesServicer(bridge, leases, collector), server)
-        images_pb2_grpc.add_ImagesServicer_to_server(
-            ImagesServicer(bridge, ImageStore(snapshotter.db, leases), headers, collector),
-            server)
-        gc_pb2_grpc.add_GCServicer_to_server(GCServicer(bridge, collector), server)
+        _add_servicer(server, leases_pb2, "Leases",
+                      LeasesServicer(bridge, leases, collector))
+        _add_servicer(server, images_pb2, "Images",
+                      ImagesServicer(bridge, ImageStore(snapshotter.db, leases), headers,
+                                     collector))
+        _add_servicer(server, gc_pb2, "GC", GCServicer(bridge, collector))
     if server.add_insecure_port(f"unix:{socket}") == 0:
         raise OSError(f"cannot listen on {socket}")
     return server
