@@ -21,6 +21,7 @@ from fusesnap.api.server import make_server
 from fusesnap.bridge import TrioBridge
 from fusesnap.config import Config, Role, StartupError
 from fusesnap.content.store import ContentStore
+from fusesnap.errors import ResourceExhausted
 from fusesnap.layerfs.ops import LayerFS
 from fusesnap.layerfs.tree import LayerTree
 from fusesnap.leases.gc import Collector
@@ -37,8 +38,12 @@ from fusesnap.permissions import (
 )
 from fusesnap.snapshots.snapshotter import Snapshotter
 from fusesnap.store.db import GROUP_WINDOW, Database
+from fusesnap.store.space import Space
 
 log = logging.getLogger("fusesnap")
+
+SPACE_POLL = 1.0
+"""Seconds between two looks at the store's free space."""
 
 
 def _lock_root(root: Path) -> int:
@@ -135,7 +140,23 @@ class _GroupCommitter:
             await self.opened.wait()
             self.opened = trio.Event()
             await trio.sleep(GROUP_WINDOW)
-            self.db.commit_group()
+            try:
+                self.db.commit_group()
+            except ResourceExhausted:
+                # The disk is full even for the metadata: the group stays
+                # open, whole; try again while space is freed.
+                self.opened.set()
+                await trio.sleep(SPACE_POLL)
+
+
+async def _watch(space: Space) -> None:
+    """Notice a disk filling or space coming back (store/space.py)."""
+    while True:
+        await trio.sleep(SPACE_POLL)
+        try:
+            space.poll()
+        except OSError as e:
+            log.warning("cannot check the free space of %s: %s", space.root, e)
 
 
 def _private_store(root: Path) -> None:
@@ -157,12 +178,15 @@ async def serve(config: Config) -> None:
         raise StartupError(str(e)) from None
     lock = _lock_root(config.root)
     reuse_megabyte_buffers()
+    space = Space(config.root)
+    space.poll()  # on a full disk, free the reserve before recovery writes
     db = Database(config.root / "metadata.db")
+    db.on_full = space.exhausted
     try:
-        tree = LayerTree(db, config.root / "layers")
+        tree = LayerTree(db, config.root / "layers", space)
         snapshotter = Snapshotter(db, tree, config.mountpoint, (os.getuid(), os.getgid()))
         snapshotter.recover()
-        content = ContentStore(db, config.root / "content")
+        content = ContentStore(db, config.root / "content", space)
         content.recover()
         _private_store(config.root)
         prepare_mountpoint(config.mountpoint)
@@ -189,6 +213,8 @@ async def serve(config: Config) -> None:
                                                          max_tasks=1))
                     committer = trio.CancelScope()
                     nursery.start_soon(_run_in, committer, _GroupCommitter(db).run)
+                    watch = trio.CancelScope()
+                    nursery.start_soon(_run_in, watch, functools.partial(_watch, space))
                     background_gc = trio.CancelScope()
                     if config.role is Role.DIRECT:
                         nursery.start_soon(_run_in, background_gc, collector.run)
@@ -198,6 +224,7 @@ async def serve(config: Config) -> None:
                         log.info("%s: stopping", signal.Signals(signum).name)
                         break
                     background_gc.cancel()
+                    watch.cancel()
                     # Calls in flight get 5 s, then gRPC cancels them. grpcio
                     # may never report a call ended (one that sent two
                     # statuses, say), so stop waiting after 8 s: such calls
@@ -205,7 +232,10 @@ async def serve(config: Config) -> None:
                     # threads (api/server.py), so they cannot hold up the exit.
                     if not await trio.to_thread.run_sync(server.stop(5).wait, 8):
                         log.warning("gRPC calls still in flight 8 s after the stop: abandoned")
-                    tree.flush()
+                    try:
+                        tree.flush()
+                    except ResourceExhausted as e:
+                        log.error("lost the sizes and times of files written last: %s", e)
                     committer.cancel()
                     pyfuse3.terminate()
         finally:

@@ -54,3 +54,9 @@ class OutOfRange(FusesnapError):
 
 class DataLoss(FusesnapError):
     kind = "data loss"
+
+
+class ResourceExhausted(FusesnapError):
+    """The store's disk is full (gRPC ResourceExhausted, errno ENOSPC)."""
+
+    kind = "resource exhausted"

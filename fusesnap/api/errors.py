@@ -11,6 +11,7 @@ from typing import Any
 import grpc
 
 from fusesnap import errors
+from fusesnap.store.space import NO_SPACE
 
 log = logging.getLogger(__name__)
 
@@ -23,12 +24,15 @@ CODES: dict[type[errors.FusesnapError], grpc.StatusCode] = {
     errors.NotImplementedYet: grpc.StatusCode.UNIMPLEMENTED,
     errors.OutOfRange: grpc.StatusCode.OUT_OF_RANGE,
     errors.DataLoss: grpc.StatusCode.DATA_LOSS,
+    errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
 
 
 def _abort(context: grpc.ServicerContext, exc: Exception) -> None:
     if isinstance(exc, errors.FusesnapError):
         context.abort(CODES.get(type(exc), grpc.StatusCode.UNKNOWN), str(exc))
+    if isinstance(exc, OSError) and exc.errno in NO_SPACE:
+        context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"no space left on device: {exc}")
     log.exception("unexpected error in RPC")
     context.abort(grpc.StatusCode.UNKNOWN, f"{type(exc).__name__}: {exc}")
 

@@ -12,6 +12,7 @@ offset and its mtime the time of the last write (see :meth:`Writer.write`).
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import random
@@ -23,16 +24,17 @@ from typing import Any, Protocol, TypeVar
 from fusesnap.content import digests
 from fusesnap.content.store import BlobRecord, ContentStore, IngestRecord, WriteLock
 from fusesnap.errors import (
-    DataLoss,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
     OutOfRange,
+    ResourceExhausted,
     Unavailable,
 )
 from fusesnap.filters import quote
 from fusesnap.labels import clean, validate
 from fusesnap.leases.store import Holder
+from fusesnap.store.space import NO_SPACE
 
 T = TypeVar("T")
 
@@ -172,12 +174,22 @@ class Writer:
             self._touch()
         if not data:
             return
-        n = os.pwrite(self._fd, data, self.offset)
-        self._hash.update(data[:n] if n < len(data) else data)
+        self._store.space.check()
+        try:
+            n = os.pwrite(self._fd, data, self.offset)
+            if n != len(data):  # only a full disk writes short to a regular file
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        except OSError as e:
+            if e.errno not in NO_SPACE:
+                raise
+            # All or nothing: the ingest stays at its offset, to be resumed.
+            os.ftruncate(self._fd, self.offset)
+            self._store.space.exhausted(f"ingest {quote(self.ref)}")
+            raise ResourceExhausted(f"no space left on device: ingest {quote(self.ref)} "
+                                    f"stays at offset {self.offset}") from None
+        self._hash.update(data)
         self.offset += n
         self._touch()
-        if n != len(data):
-            raise DataLoss(f"wrote {n} of {len(data)} bytes")
 
     def _touch(self) -> None:
         # The kernel stamps the mtime from its coarse clock, up to a tick (a

@@ -34,6 +34,7 @@ from fusesnap.filters import quote
 from fusesnap.labels import apply_mask, clean
 from fusesnap.leases.store import CONTENT, INGESTS, Holder, LeaseStore, Resource
 from fusesnap.store.db import Database
+from fusesnap.store.space import Space
 
 log = logging.getLogger(__name__)
 
@@ -116,9 +117,11 @@ _INGEST = "SELECT ref, started_ns, total, expected FROM content_ingests"
 class ContentStore:
     """Blobs by digest and ingests by ref under `root` (ROOT/content)."""
 
-    def __init__(self, db: Database, root: Path) -> None:
+    def __init__(self, db: Database, root: Path, space: Space) -> None:
         self.db = db
         self.root = root
+        self.space = space
+        """A full disk refuses new ingests and writes (store/space.py)."""
         self.blobs = root / "blobs"
         self.ingests = root / "ingest"
         self.blobs.mkdir(parents=True, exist_ok=True)
@@ -257,6 +260,13 @@ class ContentStore:
         holding the ref loses its lock: its data file is unlinked, so its next
         message fails with NotFound."""
         _require_ref(ref)
+        if ref not in self._locks:
+            # Bytes first: on a full disk that makes room for the transaction
+            # (an ingest emptied but still recorded is a valid ingest).
+            try:
+                os.truncate(self.ingest_dir(ref) / DATA, 0)
+            except FileNotFoundError:
+                pass
         with self.db.transaction():
             deleted = self.db.execute("DELETE FROM content_ingests WHERE ref = ?",
                                       (ref,)).rowcount

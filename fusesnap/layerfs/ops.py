@@ -20,8 +20,10 @@ from typing import Any, TypeVar
 
 import pyfuse3
 
+from fusesnap.errors import ResourceExhausted
 from fusesnap.layerfs.tree import NAME_MAX, ROOT_OID, Attr, LayerTree, OpenFile, View
 from fusesnap.snapshots.snapshotter import Snapshotter
+from fusesnap.store.space import NO_SPACE
 
 log = logging.getLogger(__name__)
 
@@ -105,14 +107,17 @@ class LayerFS(pyfuse3.Operations):
         e.st_atime_ns = e.st_mtime_ns = e.st_ctime_ns = self.started_ns
         return e
 
-    @staticmethod
-    def _call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         try:
             return fn(*args, **kwargs)
         except pyfuse3.FUSEError:
             raise
         except OSError as e:
+            if e.errno in NO_SPACE:
+                self.tree.space.exhausted("writing through the mount")
             raise pyfuse3.FUSEError(e.errno or errno.EIO) from None
+        except ResourceExhausted:
+            raise pyfuse3.FUSEError(errno.ENOSPC) from None
 
     def _forget_snapshot(self, sid: int) -> None:
         try:

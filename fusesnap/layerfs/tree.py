@@ -36,8 +36,10 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
+from fusesnap.errors import ResourceExhausted
 from fusesnap.layerfs import data
 from fusesnap.store.db import Database
+from fusesnap.store.space import NO_SPACE, Space
 
 ROOT_OID = 1
 WHITEOUT = 0
@@ -153,18 +155,36 @@ class OpenFile:
 class LayerTree:
     """Objects, entries and data of every layer in the store."""
 
-    def __init__(self, db: Database, layers_dir: Path) -> None:
+    def __init__(self, db: Database, layers_dir: Path, space: Space) -> None:
         self.db = db
         self.layers_dir = layers_dir
+        self.space = space
+        """What adds data checks it first: a full disk refuses it (store/space.py)."""
         layers_dir.mkdir(parents=True, exist_ok=True)
         row = db.one("SELECT MAX(oid) FROM inodes")
         self._next_oid = max(ROOT_OID, row[0] or 0) + 1
         # The block size of partial copy-up; 0: the backing file system reports
         # no holes, every copy-up copies the whole file.
-        self.unit = data.probe(str(layers_dir))
+        self.unit = self._hole_unit()
         self.views: dict[int, View] = {}
         self._open: dict[tuple[int, int], list[OpenFile]] = {}
         self._dirty: dict[tuple[int, int], tuple[View, Attr]] = {}
+
+    def _hole_unit(self) -> int:
+        """What :func:`data.probe` finds; on a full disk, where it cannot write
+        its probe, what it found at the last start (0 if never)."""
+        row = self.db.one("SELECT value FROM meta WHERE key = 'hole_unit'")
+        try:
+            unit = data.probe(str(self.layers_dir))
+        except OSError as e:
+            if e.errno not in NO_SPACE:
+                raise
+            return int(row[0]) if row else 0
+        if row is None or int(row[0]) != unit:
+            with self.db.transaction():
+                self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES "
+                                "('hole_unit', ?)", (str(unit),))
+        return unit
 
     # ----------------------------------------------------------------- layers
 
@@ -468,6 +488,7 @@ class LayerTree:
     ) -> Attr:
         """Create a file, directory, symlink, fifo, socket or device node."""
         self._writable(view)
+        self.space.check()
         _check_name(name)
         d = self._dir(view, dir_oid)
         if self.find(view, dir_oid, name):
@@ -510,6 +531,7 @@ class LayerTree:
 
     def link(self, view: View, oid: int, dir_oid: int, name: bytes) -> Attr:
         self._writable(view)
+        self.space.check()
         a = self.attr(view, oid)
         if a.is_dir:
             raise fs_error(errno.EPERM)
@@ -676,6 +698,7 @@ class LayerTree:
     def set_xattr(self, view: View, oid: int, name: bytes, value: bytes,
                   create: bool = False, replace: bool = False) -> None:
         self._writable(view)
+        self.space.check()
         a = self.attr(view, oid)
         present = name in self.xattrs(view, a)
         if create and present:
@@ -839,6 +862,7 @@ class LayerTree:
     def write(self, of: OpenFile, offset: int, buf: bytes) -> int:
         if not of.view.writable:
             raise fs_error(errno.EROFS)
+        self.space.check()
         a = of.attr
         if a.base is not None and buf:
             data.fill_edges(of.fds(), of.shown(), self.unit, offset, offset + len(buf))
@@ -878,10 +902,15 @@ class LayerTree:
             self._flush_one(of.view, a)
 
     def _flush_one(self, view: View, a: Attr) -> None:
-        if self._dirty.pop((view.top, a.oid), None) is not None:
+        key = (view.top, a.oid)
+        if self._dirty.pop(key, None) is not None:
             self._measure(a)
-            with self.db.group():
-                self._save(a)
+            try:
+                with self.db.group():
+                    self._save(a)
+            except ResourceExhausted:
+                self._dirty[key] = (view, a)  # recorded by a later flush
+                raise
 
     def _measure(self, a: Attr) -> None:
         """Record the blocks the backing file holds now (its inode is in the

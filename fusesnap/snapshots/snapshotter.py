@@ -84,7 +84,9 @@ class Snapshotter:
     def prepare(self, key: str, parent: str, lbls: Mapping[str, str],
                 holder: Holder | None = None) -> list[Mount]:
         """A new active (writable) snapshot over committed `parent` ("" = empty);
-        with `holder`, it joins that lease."""
+        with `holder`, it joins that lease. ResourceExhausted on a full disk
+        (a View, which adds no data, is still made)."""
+        self.tree.space.check()
         return self._create(key, parent, Kind.ACTIVE, lbls, holder)
 
     def view(self, key: str, parent: str, lbls: Mapping[str, str],

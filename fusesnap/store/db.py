@@ -15,11 +15,16 @@ a crashed filesystem loses what was not yet fsynced.
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from fusesnap.errors import ResourceExhausted
+
+log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 GROUP_WINDOW = 0.05
@@ -196,8 +201,25 @@ _ADDED_COLUMNS = [
 ]
 
 
+SQLITE_FULL = 13
+
+
+def _full(e: sqlite3.Error) -> bool:
+    return getattr(e, "sqlite_errorcode", None) == SQLITE_FULL
+
+
 class Database:
-    """One SQLite connection with a re-entrant transaction helper."""
+    """One SQLite connection with a re-entrant transaction helper.
+
+    On a full disk (see store/space.py): SQLite rolls back a transaction whose
+    COMMIT fails for space, so the statements of the open transaction or
+    group are kept (a list of the writes, cleared at each commit), and after
+    :attr:`on_full` has freed the reserve they are replayed and committed
+    again. A group that still cannot commit stays open, replayed, and is
+    retried by the next :meth:`commit_group`: never half applied, never lost
+    while the daemon runs. A transaction that cannot commit raises
+    ResourceExhausted, having changed nothing.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -208,7 +230,11 @@ class Database:
         self._depth = 0
         self._group_open = False
         self._after_commit: list[Callable[[], None]] = []
+        # The writes of the open transaction or group: (sql, params, many).
+        self._journal: list[tuple[str, Any, bool]] = []
         self.on_group_opened: Callable[[], None] = lambda: None
+        self.on_full: Callable[[str], None] = lambda what: None
+        """Called when SQLite finds the disk full, before a replay (store/space.py)."""
         self._migrate()
 
     def _migrate(self) -> None:
@@ -233,23 +259,29 @@ class Database:
     @contextmanager
     def transaction(self) -> Iterator[None]:
         """Run the block in one transaction, committed when it ends (after the
-        open group's, if any); nested blocks join the outer one."""
+        open group's, if any); nested blocks join the outer one.
+        ResourceExhausted if the disk is too full to commit (nothing changed)."""
         if self._depth:
             with self._nested():
                 yield
             return
         self.commit_group()
-        self.conn.execute("BEGIN IMMEDIATE")
+        self._begin()
         self._depth = 1
         try:
             yield
         except BaseException:
             self._depth = 0
-            self.conn.execute("ROLLBACK")
+            self._rollback()
             self._after_commit.clear()
             raise
         self._depth = 0
-        self.conn.execute("COMMIT")
+        try:
+            self._commit()
+        except BaseException:
+            self._rollback()
+            self._after_commit.clear()
+            raise
         self._run_after_commit()
 
     @contextmanager
@@ -262,20 +294,22 @@ class Database:
                 yield
             return
         opened = not self._group_open
-        if opened:
-            self.conn.execute("BEGIN IMMEDIATE")
+        if opened or not self.conn.in_transaction:  # (a group whose commit failed)
+            self._replay()
             self._group_open = True
         self.conn.execute("SAVEPOINT change")
         self._depth = 1
         mark = len(self._after_commit)
+        journal_mark = len(self._journal)
         try:
             yield
         except BaseException:
             self._depth = 0
             del self._after_commit[mark:]
+            del self._journal[journal_mark:]
             if opened:  # nothing else is in the group
                 self._group_open = False
-                self.conn.execute("ROLLBACK")
+                self._rollback()
             else:
                 self.conn.execute("ROLLBACK TO change")
                 self.conn.execute("RELEASE change")
@@ -293,11 +327,64 @@ class Database:
         finally:
             self._depth -= 1
 
+    def _begin(self) -> None:
+        self.conn.execute("BEGIN IMMEDIATE")
+
+    def _rollback(self) -> None:
+        if self.conn.in_transaction:
+            self.conn.execute("ROLLBACK")
+        self._journal.clear()
+
+    def _replay(self) -> None:
+        """Begin a transaction holding the journal's writes again."""
+        self._begin()
+        try:
+            for sql, params, many in self._journal:
+                if many:
+                    self.conn.executemany(sql, params)
+                else:
+                    self.conn.execute(sql, params)
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+
+    def _commit(self) -> None:
+        """COMMIT; if the disk is full, free the reserve, replay and COMMIT once
+        more. ResourceExhausted if that fails too: the transaction is then
+        rolled back and the journal kept."""
+        for attempt in range(2):
+            try:
+                if not self.conn.in_transaction:
+                    self._replay()
+                self.conn.execute("COMMIT")
+            except sqlite3.OperationalError as e:
+                if self.conn.in_transaction:
+                    self.conn.execute("ROLLBACK")
+                if not _full(e):
+                    raise
+                if attempt:
+                    raise ResourceExhausted(
+                        f"no space left to commit metadata to {self.path}") from None
+                self.on_full("committing metadata")
+            else:
+                self._journal.clear()
+                return
+
     def commit_group(self) -> None:
-        """Commit the open group of changes, if any (never inside a block)."""
+        """Commit the open group of changes, if any (never inside a block).
+        ResourceExhausted if the disk is too full: the group then stays open,
+        whole, for the next call to commit."""
         if self._group_open and not self._depth:
+            try:
+                self._commit()
+            except ResourceExhausted:
+                try:
+                    self._replay()  # live again, so that reads see it
+                except sqlite3.OperationalError as e:
+                    log.error("cannot hold the uncommitted group of changes (%s); "
+                              "the next commit retries it", e)
+                raise
             self._group_open = False
-            self.conn.execute("COMMIT")
             self._run_after_commit()
 
     def after_commit(self, action: Callable[[], None]) -> None:
@@ -315,10 +402,30 @@ class Database:
             action()
 
     def execute(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> sqlite3.Cursor:
-        return self.conn.execute(sql, params)
+        """Run one statement; ResourceExhausted (the statement undone) if the
+        disk is too full for it."""
+        return self._run(sql, params, False)
 
     def executemany(self, sql: str, rows: Any) -> sqlite3.Cursor:
-        return self.conn.executemany(sql, rows)
+        return self._run(sql, list(rows), True)
+
+    def _run(self, sql: str, params: Any, many: bool) -> sqlite3.Cursor:
+        try:
+            if many:
+                cursor = self.conn.executemany(sql, params)
+            else:
+                cursor = self.conn.execute(sql, params)
+        except sqlite3.OperationalError as e:
+            raise self._translate(e) from None
+        if self._depth or self._group_open:
+            self._journal.append((sql, params, many))
+        return cursor
+
+    def _translate(self, e: sqlite3.OperationalError) -> Exception:
+        if not _full(e):
+            return e
+        self.on_full("writing metadata")
+        return ResourceExhausted(f"no space left for metadata in {self.path}")
 
     def one(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> Any:
         return self.conn.execute(sql, params).fetchone()
@@ -327,5 +434,10 @@ class Database:
         return self.conn.execute(sql, params).fetchall()
 
     def close(self) -> None:
-        self.commit_group()
+        """Commit the open group and close; a group the full disk still has no
+        room for is lost, whole, with an error logged (as a kill would lose it)."""
+        try:
+            self.commit_group()
+        except ResourceExhausted as e:
+            log.error("closing with the last group of filesystem changes uncommitted: %s", e)
         self.conn.close()
