@@ -23,6 +23,7 @@ from fusesnap.config import Config, Role, StartupError
 from fusesnap.content.store import ContentStore
 from fusesnap.errors import ResourceExhausted
 from fusesnap.layerfs.ops import LayerFS
+from fusesnap.layerfs.stats import FuseStats
 from fusesnap.layerfs.tree import LayerTree
 from fusesnap.leases.gc import Collector
 from fusesnap.malloc import reuse_megabyte_buffers
@@ -195,11 +196,12 @@ async def serve(config: Config) -> None:
         collector = Collector(db, snapshotter, content, config.ingest_grace, config.gc_delay)
         log.info("root=%s mountpoint=%s socket=%s role=%s options=%s", config.root,
                  config.mountpoint, config.socket, config.role.value, ",".join(sorted(options)))
-        pyfuse3.init(LayerFS(snapshotter), str(config.mountpoint), options)
+        fuse_stats = FuseStats()
+        pyfuse3.init(LayerFS(snapshotter, fuse_stats), str(config.mountpoint), options)
         try:
             bridge = TrioBridge(trio.lowlevel.current_trio_token())
             server = make_server(bridge, config.socket, config.role, snapshotter, content,
-                                 collector)
+                                 collector, fuse_stats.report)
             try:
                 restrict_socket(config.socket, group)
             except NotPrivate as e:

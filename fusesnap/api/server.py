@@ -17,6 +17,7 @@ from google.protobuf.message_factory import GetMessageClass
 from fusesnap.api.apply import ApplierServicer
 from fusesnap.api.badrequests import checked, tolerant
 from fusesnap.api.content import ContentServicer
+from fusesnap.api.debug import DebugServicer, Report
 from fusesnap.api.diff import DiffServicer
 from fusesnap.api.headers import Headers
 from fusesnap.api.images import ImagesServicer
@@ -30,6 +31,7 @@ from fusesnap.images.store import ImageStore
 from fusesnap.leases.gc import Collector
 from fusesnap.pb import (
     apply_pb2,
+    debug_pb2,
     diff_pb2,
     gc_pb2,
     images_pb2,
@@ -116,9 +118,10 @@ def _run(future: futures.Future[Any], fn: Callable[..., Any], args: tuple[Any, .
 
 
 def make_server(bridge: TrioBridge, socket: Path, role: Role, snapshotter: Snapshotter,
-                content: ContentStore, collector: Collector, workers: int = 16) -> grpc.Server:
-    """Snapshots, Content and Namespaces in both roles; Leases, Images and GC
-    only in the direct role (as a proxy, containerd owns them: spec §9.2)."""
+                content: ContentStore, collector: Collector, fuse_stats: Report,
+                workers: int = 16) -> grpc.Server:
+    """Snapshots, Content, Namespaces and Debug in both roles; Leases, Images
+    and GC only in the direct role (as a proxy, containerd owns them: spec §9.2)."""
     server = grpc.server(
         _Workers(workers),  # grpcio only calls its submit()
         options=[
@@ -135,6 +138,7 @@ def make_server(bridge: TrioBridge, socket: Path, role: Role, snapshotter: Snaps
     _add_servicer(server, apply_pb2, "Applier",
                   ApplierServicer(bridge, snapshotter, content))
     _add_servicer(server, diff_pb2, "Differ", DiffServicer(bridge, snapshotter))
+    _add_servicer(server, debug_pb2, "Debug", DebugServicer(bridge, fuse_stats))
     if role is Role.DIRECT:
         leases = snapshotter.leases
         _add_servicer(server, leases_pb2, "Leases",

@@ -86,13 +86,14 @@ def build_parser() -> argparse.ArgumentParser:
                             "root daemon, none (mode 0600) for an ordinary user's)")
     serve.set_defaults(func=_serve)
 
-    from fusesnap.cli import content, gc, images, leases, snapshots
+    from fusesnap.cli import content, debug, gc, images, leases, snapshots
 
     snapshots.register(sub)
     content.register(sub)
     leases.register(sub)
     gc.register(sub)
     images.register(sub)
+    debug.register(sub)
     return parser
 
 

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 import pyfuse3
 
 from fusesnap.errors import ResourceExhausted
+from fusesnap.layerfs.stats import FuseStats
 from fusesnap.layerfs.tree import NAME_MAX, ROOT_OID, Attr, LayerTree, OpenFile, View
 from fusesnap.snapshots.snapshotter import Snapshotter
 from fusesnap.store.space import NO_SPACE
@@ -36,6 +37,18 @@ CACHE_TIMEOUT = 3600.0
 
 T = TypeVar("T")
 
+# Our handlers, by the name of the FUSE request each serves (layerfs/stats.py).
+OPCODES = {
+    "lookup": "LOOKUP", "forget": "FORGET", "getattr": "GETATTR", "setattr": "SETATTR",
+    "readlink": "READLINK", "opendir": "OPENDIR", "readdir": "READDIRPLUS",
+    "releasedir": "RELEASEDIR", "fsyncdir": "FSYNCDIR", "mkdir": "MKDIR", "mknod": "MKNOD",
+    "symlink": "SYMLINK", "unlink": "UNLINK", "rmdir": "RMDIR", "rename": "RENAME",
+    "link": "LINK", "open": "OPEN", "create": "CREATE", "read": "READ", "write": "WRITE",
+    "flush": "FLUSH", "release": "RELEASE", "fsync": "FSYNC", "setxattr": "SETXATTR",
+    "getxattr": "GETXATTR", "listxattr": "LISTXATTR", "removexattr": "REMOVEXATTR",
+    "statfs": "STATFS",
+}
+
 
 def nodeid(sid: int, oid: int) -> int:
     return (sid << OID_BITS) | oid
@@ -48,8 +61,11 @@ class LayerFS(pyfuse3.Operations):
     enable_writeback_cache = False
     enable_acl = False
 
-    def __init__(self, snapshotter: Snapshotter) -> None:
+    def __init__(self, snapshotter: Snapshotter, stats: FuseStats | None = None) -> None:
         super().__init__()
+        if stats is not None:
+            for name, opcode in OPCODES.items():
+                setattr(self, name, stats.timed(opcode, getattr(self, name)))
         self.snapshotter = snapshotter
         self.tree: LayerTree = snapshotter.tree
         self.uid = os.getuid()
