@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 from fusesnap.layerfs.stats import FuseStats
 from tests.conftest import PROXY, Daemon
