@@ -67,7 +67,9 @@ def _unmount(path: Path) -> None:
 def prepare_mountpoint(path: Path) -> None:
     """Create the mountpoint; clear a mount left by a killed daemon."""
     try:
-        os.stat(path)
+        # statfs, not stat: the kernel may answer a stat from its cache even
+        # when the daemon is gone, while a statfs always reaches the daemon.
+        os.statvfs(path)
     except FileNotFoundError:
         path.mkdir(parents=True)
         return

@@ -122,7 +122,7 @@ class Daemon:
 
 def _stale(path: Path) -> bool:
     try:
-        os.stat(path)
+        os.statvfs(path)  # a stat may be answered from the kernel's cache
     except OSError as e:
         return e.errno == 107  # ENOTCONN
     return False

@@ -234,3 +234,17 @@ def test_apply_to_an_unknown_snapshot_is_not_found(client: Client,
 def test_apply_of_an_unknown_blob_is_not_found(applier: ApplierStub, active: str) -> None:
     err = refused(applier, apb.ApplyRequest(key=active, digest=oci.digest(b"absent")))
     assert err.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_names_the_mount_found_missing_appear_after_an_apply(
+        daemon: Daemon, client: Client, applier: ApplierStub, active: str) -> None:
+    # The kernel keeps a miss (a negative entry, layerfs/ops.py); an Apply
+    # adds names behind its back and must invalidate them.
+    root = Path(daemon.snapshots.Mounts(spb.MountsRequest(key=active)).mounts[0].source)
+    for _ in range(2):
+        assert not (root / "appears").exists()
+        assert not (root / "dir" / "inner").exists()
+    blob = store(client, oci.Layer([oci.File("appears", b"a\n"), oci.File("dir/inner", b"i\n")]))
+    applier.Apply(apb.ApplyRequest(key=active, digest=blob.desc.digest, diff_id=blob.diff_id))
+    assert (root / "appears").read_bytes() == b"a\n"
+    assert (root / "dir" / "inner").read_bytes() == b"i\n"

@@ -324,6 +324,7 @@ class LayerWriter:
             if not create:
                 return None
             oid = tree.make(view, parent, name, stat.S_IFDIR | 0o755, 0, 0).oid
+            self.touched.add((parent, name))  # the kernel may remember it missing
         else:
             a = tree.attr(view, oid)
             if not a.is_dir:
@@ -370,6 +371,7 @@ class LayerWriter:
 
     def _create(self, e: Entry, parent: int) -> None:
         tree, view, name = self.tree, self.view, e.parts[-1]
+        self.touched.add((parent, name))  # the kernel may remember it missing
         if e.what == "link":
             if not e.link:
                 raise LayerError(f"hard link {_show(e.parts)} to the root")

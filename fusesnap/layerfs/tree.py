@@ -659,8 +659,10 @@ class LayerTree:
     def setattr(
         self, view: View, oid: int, *, mode: int | None = None, uid: int | None = None,
         gid: int | None = None, size: int | None = None, atime_ns: int | None = None,
-        mtime_ns: int | None = None,
+        mtime_ns: int | None = None, ctime_ns: int | None = None,
     ) -> Attr:
+        """Change what is given; ctime becomes `ctime_ns` (the kernel's, when
+        its writeback cache flushes a file's times) or now."""
         self._writable(view)
         a = self.attr(view, oid)
         now = now_ns()
@@ -691,7 +693,7 @@ class LayerTree:
                 a.atime_ns = atime_ns
             if mtime_ns is not None:
                 a.mtime_ns = mtime_ns
-            a.ctime_ns = now
+            a.ctime_ns = now if ctime_ns is None else ctime_ns
             self._save(a)
         return a
 

@@ -1,0 +1,72 @@
+"""What the kernel remembers so that requests never reach the daemon
+(issue 16, "fewer round trips"), counted by the daemon itself
+(`fusesnap debug fuse-stats`): misses, the mount's root, FLUSH."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from fusesnap.pb import debug_pb2
+from fusesnap.pb.debug_pb2_grpc import DebugStub
+from tests.conftest import PROXY, Daemon, module_daemon
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    yield from module_daemon(tmp_path_factory, "kcache", PROXY)
+
+
+def counts(d: Daemon) -> dict[str, int]:
+    """Requests served since the last call, by opcode."""
+    assert d.channel is not None
+    resp = DebugStub(d.channel).FuseStats(debug_pb2.FuseStatsRequest(reset=True))
+    return {o.opcode: o.count for o in resp.opcodes}
+
+
+def test_a_missing_name_is_looked_up_once(daemon: Daemon) -> None:
+    work = daemon.prepare("miss")
+    os.stat(work)
+    counts(daemon)
+    for _ in range(20):
+        assert not (work / "not-there").exists()
+    assert counts(daemon).get("LOOKUP") == 1
+
+
+def test_a_name_created_after_a_miss_is_found(daemon: Daemon) -> None:
+    work = daemon.prepare("miss-then-create")
+    for name in ("created", "renamed", "linked", "dir"):
+        assert not (work / name).exists()
+    (work / "created").write_bytes(b"c")
+    (work / "src").write_bytes(b"r")
+    os.rename(work / "src", work / "renamed")
+    os.link(work / "created", work / "linked")
+    (work / "dir").mkdir()
+    assert sorted(os.listdir(work)) == ["created", "dir", "linked", "renamed"]
+    assert (work / "renamed").read_bytes() == b"r"
+    assert (work / "linked").read_bytes() == b"c"
+
+
+def test_close_sends_no_flush(daemon: Daemon) -> None:
+    work = daemon.prepare("flush")
+    (work / "first").write_bytes(b"x")  # the kernel learns FLUSH is not wanted
+    counts(daemon)
+    for i in range(20):
+        (work / f"f{i}").write_bytes(b"x")
+    got = counts(daemon)
+    assert got.get("FLUSH", 0) == 0
+    assert got["RELEASE"] == 20
+
+
+def test_paths_through_the_mount_root_are_answered_by_the_kernel(daemon: Daemon) -> None:
+    work = daemon.prepare("absolute")
+    (work / "f").write_bytes(b"x")
+    os.stat(daemon.mountpoint)
+    os.stat(work / "f")
+    counts(daemon)
+    for _ in range(50):
+        os.stat(daemon.mountpoint)
+        os.stat(work / "f")  # an absolute path: it crosses the mount's root
+    assert counts(daemon) == {}
