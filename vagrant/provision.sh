@@ -97,6 +97,63 @@ else
     say "virtual environment $venv: created"
 fi
 
+# pyfuse3, built from its source release with our patches applied in order
+# (patches/pyfuse3/*.patch; its README says what each does): the release cannot
+# set cache_readdir or noflush on an open reply. Cython regenerates the C code,
+# the Cython that generated the release's own C file. Cython and setuptools live
+# in a throw-away build environment, so the virtual environment gets the wheel
+# alone. Its local version (+fusesnapN) satisfies the package's `pyfuse3>=3.3`,
+# so installing the package leaves it in place. The stamp records the release,
+# Cython and the patches' digest: a change to any of them rebuilds (about a minute).
+pyfuse3_version=3.5.0
+pyfuse3_sdist_sha256=88399a9494b88603230bba300f4ba9ad63fece5ed514ca3633d555a0c6a42b24
+pyfuse3_local=fusesnap1
+cython_version=3.2.4
+patches=()
+for p in "$repo"/patches/pyfuse3/*.patch; do
+    if [ -e "$p" ]; then patches+=("$p"); fi
+done
+if [ ${#patches[@]} -eq 0 ]; then
+    echo "provision: no patches in $repo/patches/pyfuse3" >&2
+    exit 1
+fi
+pyfuse3_stamp="$venv/.pyfuse3-patched"
+pyfuse3_want="pyfuse3 $pyfuse3_version+$pyfuse3_local sdist $pyfuse3_sdist_sha256"
+pyfuse3_want+=" Cython $cython_version patches $(cd "$repo/patches/pyfuse3" &&
+    sha256sum ./*.patch | sha256sum | cut -d' ' -f1)"
+if [ "$(cat "$pyfuse3_stamp" 2>/dev/null)" = "$pyfuse3_want" ] && compgen -G \
+        "$venv/lib/python3*/site-packages/pyfuse3-$pyfuse3_version+$pyfuse3_local.dist-info" \
+        >/dev/null; then
+    say "pyfuse3 $pyfuse3_version+$pyfuse3_local (patched) in $venv: nothing to do"
+else
+    build=$(mktemp -d)
+    trap 'rm -rf "$build"' EXIT
+    bpip=("$build/env/bin/pip" --disable-pip-version-check -q)
+    "$venv/bin/python" -m venv "$build/env"
+    "${bpip[@]}" install "Cython==$cython_version" "setuptools>=78.1.1" "setuptools_scm>=8.0"
+    "${bpip[@]}" download --no-deps --no-binary pyfuse3 --no-build-isolation -d "$build" \
+        "pyfuse3==$pyfuse3_version"
+    sdist="$build/pyfuse3-$pyfuse3_version.tar.gz"
+    echo "$pyfuse3_sdist_sha256  $sdist" | sha256sum -c --quiet -
+    tar -xzf "$sdist" -C "$build" --no-same-owner
+    src="$build/pyfuse3-$pyfuse3_version"
+    for p in "${patches[@]}"; do
+        patch -d "$src" -p1 --forward --quiet < "$p"
+    done
+    rm "$src/src/pyfuse3/__init__.c"  # the release's; Cython writes ours
+    SETUPTOOLS_SCM_PRETEND_VERSION_FOR_PYFUSE3="$pyfuse3_version+$pyfuse3_local" \
+        "${bpip[@]}" wheel --no-deps --no-build-isolation -w "$build/wheel" "$src"
+    wheel=("$build"/wheel/pyfuse3-*.whl)
+    # The same version may be installed, built from other patches: replace it,
+    # then add its dependencies where missing.
+    "$venv/bin/pip" install -q --force-reinstall --no-deps "${wheel[0]}"
+    "$venv/bin/pip" install -q "${wheel[0]}"
+    printf '%s\n' "$pyfuse3_want" > "$pyfuse3_stamp"
+    rm -rf "$build"
+    trap - EXIT
+    say "pyfuse3 $pyfuse3_version+$pyfuse3_local in $venv: built from its sdist with ${#patches[@]} patches"
+fi
+
 # The install is editable, so it goes stale only when the package's metadata
 # (pyproject.toml) changes or the checkout moves: the stamp records both.
 stamp="$venv/.fusesnap-installed"
