@@ -16,6 +16,14 @@ interleaved across backends (the order rotates), each result is verified
 backend's median (min–max) and its ratio to native, with fusesnap's target
 beside it. Snapshot ops (fusesnap's gRPC API alone) get their own table.
 
+For fusesnap a second table gives what the daemon did while each row's
+clock ran: its FUSE request counters (its Debug service, reset just before
+the clock starts and read just after it stops) as requests per operation of
+the workload (file created, entry walked, 4 KiB read, ...), the daemon's
+mean µs per request (its handlers' own time, pyfuse3's dispatch excluded),
+the share of the wall time those handlers account for, and the commonest
+requests per operation with their mean µs.
+
 Workloads run with the view as their working directory (relative paths), as a
 process in a container rooted in the view would; `--paths absolute` makes
 every path cross the backend's mountpoint instead (for fusesnap that costs a
@@ -34,6 +42,7 @@ attributes). `--profile DIR` records py-spy profiles of the fusesnap daemon.
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
 import hashlib
 import json
@@ -101,16 +110,57 @@ Results = dict[str, dict[str, Cell]]
 """row → backend → cell."""
 
 
+@dataclasses.dataclass
+class Requests:
+    """The FUSE requests fusesnap's daemon served during a result row's timed
+    repetitions (its counters reset before each clock starts, read after it
+    stops)."""
+
+    op: str
+    """What one operation of the row is ("file created", ...)."""
+    ops: int
+    """Operations per repetition."""
+    reps: int = 0
+    seconds: float = 0.0
+    """The repetitions' wall time, in all."""
+    count: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
+    ns: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
+    """By opcode: requests and the handlers' nanoseconds, in all."""
+
+    def add(self, other: Requests) -> None:
+        self.reps += other.reps
+        self.seconds += other.seconds
+        self.count.update(other.count)
+        self.ns.update(other.ns)
+
+    def doc(self) -> dict[str, Any]:
+        total, ns, ops = sum(self.count.values()), sum(self.ns.values()), self.ops * self.reps
+        return {
+            "op": self.op, "ops_per_rep": self.ops, "reps": self.reps,
+            "wall_s": self.seconds, "requests": total,
+            "requests_per_rep": total / self.reps if self.reps else None,
+            "requests_per_op": total / ops if ops else None,
+            "us_per_request": ns / total / 1e3 if total else None,
+            "daemon_ms_per_rep": ns / self.reps / 1e6 if self.reps else None,
+            "daemon_share_of_wall": ns / 1e9 / self.seconds if self.seconds else None,
+            "opcodes": {name: {"count": n, "per_op": n / ops if ops else None,
+                               "total_ns": self.ns[name], "us_mean": self.ns[name] / n / 1e3}
+                        for name, n in self.count.most_common()},
+        }
+
+
 def _rotate(items: list[Backend], k: int) -> list[Backend]:
     k %= len(items)
     return items[k:] + items[:k]
 
 
 def run_once(backend: Backend, w: Workload, fx: Fixture, stack_index: int,
-             absolute: bool, profile: Path | None, profile_native: bool) -> dict[str, float]:
+             absolute: bool, profile: Path | None, profile_native: bool,
+             requests: dict[str, Requests]) -> dict[str, float]:
     """One repetition of `w` on `backend`: a fresh view, caches dropped, the
     workload run from inside the view (relative paths, as a container whose
-    root is the view resolves them) or, with `absolute`, through its full path."""
+    root is the view resolves them) or, with `absolute`, through its full path.
+    For fusesnap, the daemon's requests during each timed row go into `requests`."""
     stack = w.stacks(fx)[stack_index]
     if w.restart:
         backend.make_cold()
@@ -122,8 +172,10 @@ def run_once(backend: Backend, w: Workload, fx: Fixture, stack_index: int,
         if w.prepare is not None:
             w.prepare(fx)
         timer: Timer = timed
-        if profile is not None and isinstance(backend, Fusesnap):
-            timer = _profiling(backend, profile, profile_native)
+        if isinstance(backend, Fusesnap):
+            if profile is not None:
+                timer = _profiling(backend, profile, profile_native)
+            timer = _counting(backend, w, fx, requests, timer)
         if absolute:
             rows = w.run(view.root, fx, stack, timer)
         else:
@@ -135,6 +187,24 @@ def run_once(backend: Backend, w: Workload, fx: Fixture, stack_index: int,
         os.chdir(cwd)
         backend.close(view)
     return rows
+
+
+def _counting(daemon: Fusesnap, w: Workload, fx: Fixture, into: dict[str, Requests],
+              inner: Timer) -> Timer:
+    """`inner`, with the daemon's FUSE counters reset before it and read after
+    it: both round trips are outside the clock (and outside a profile)."""
+    def timer(row: str, fn: Callable[[], object]) -> float:
+        daemon.fuse_stats(reset=True)
+        seconds = inner(row, fn)
+        stats = daemon.fuse_stats()
+        got = into.setdefault(row, Requests(w.op, w.ops(fx)))
+        got.reps += 1
+        got.seconds += seconds
+        for o in stats.opcodes:
+            got.count[o.opcode] += o.count
+            got.ns[o.opcode] += o.total_ns
+        return seconds
+    return timer
 
 
 def _profiling(daemon: Fusesnap, where: Path, native: bool) -> Timer:
@@ -149,8 +219,11 @@ def _profiling(daemon: Fusesnap, where: Path, native: bool) -> Timer:
 
 
 def measure(workloads: list[Workload], backends: list[Backend], fx: Fixture, reps: int,
-            absolute: bool, profile: Path | None, profile_native: bool) -> Results:
+            absolute: bool, profile: Path | None,
+            profile_native: bool) -> tuple[Results, dict[str, Requests]]:
+    """The timings by row and backend, and fusesnap's requests by row."""
     results: Results = {}
+    requests: dict[str, Requests] = {}
     for w in workloads:
         for si, stack in enumerate(w.stacks(fx)):
             failed: dict[str, str] = {}
@@ -161,9 +234,10 @@ def measure(workloads: list[Workload], backends: list[Backend], fx: Fixture, rep
                         failed.setdefault(b.name, reason or "")
                         continue
                     started = time.monotonic()
+                    counted: dict[str, Requests] = {}
                     try:
                         rows = run_once(b, w, fx, si, absolute, profile if rep == 0 else None,
-                                        profile_native)
+                                        profile_native, counted)
                     except Exception as e:  # the backend posts an error, the run goes on
                         failed[b.name] = f"error: {type(e).__name__}: {e}"
                         traceback.print_exc()
@@ -171,9 +245,14 @@ def measure(workloads: list[Workload], backends: list[Backend], fx: Fixture, rep
                     for row, seconds in rows.items():
                         results.setdefault(row, {}).setdefault(b.name, Cell()).seconds.append(
                             seconds)
+                    for row, got in counted.items():
+                        requests.setdefault(row, Requests(got.op, got.ops)).add(got)
+                    per_op = "".join(
+                        f" {r}={sum(c.count.values()) / c.ops:.2f}req/op"
+                        for r, c in counted.items() if c.ops)
                     print(f"  {w.name:12} {stack.name:8} rep {rep + 1} {b.name:15} "
                           + " ".join(f"{r}={s:.4f}s" for r, s in rows.items())
-                          + f"  [{time.monotonic() - started:.1f}s]", flush=True)
+                          + per_op + f"  [{time.monotonic() - started:.1f}s]", flush=True)
             for name, why in failed.items():
                 rows_of_w = [r for r in results if _belongs(r, w, stack.name)] or [
                     f"{w.name} ({stack.name})"]
@@ -183,7 +262,7 @@ def measure(workloads: list[Workload], backends: list[Backend], fx: Fixture, rep
                         cell.error = why[len("error: "):]
                     else:
                         cell.skipped = why
-    return results
+    return results, requests
 
 
 def _belongs(row: str, w: Workload, stack: str) -> bool:
@@ -293,6 +372,35 @@ def table(results: Results, names: list[str]) -> tuple[str, dict[str, Any]]:
     out += [" | ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) for line in lines]
     out += [f"[{i}] {note}" for i, note in enumerate(notes, 1)]
     return "\n".join(out), doc
+
+
+def _per(x: float) -> str:
+    return f"{x:.0f}" if x >= 100 else f"{x:.1f}" if x >= 10 else f"{x:.2f}"
+
+
+def requests_table(requests: dict[str, Requests], top: int = 6) -> str:
+    """What fusesnap's daemon did while each row's clock ran (its FUSE request
+    counters, summed over the repetitions)."""
+    header = ["workload (fusesnap)", "ops/rep (one op)", "requests/rep", "requests/op",
+              "µs/request", "daemon ms/rep", "of wall", f"top {top} requests per op × µs each"]
+    lines: list[list[str]] = []
+    for row, r in requests.items():
+        d = r.doc()
+        if not d["requests"]:
+            lines.append([row, f"{r.ops} ({r.op})", "0", "0", "", "0", "0%", ""])
+            continue
+        tops = ", ".join(f"{name} {_per(o['per_op'])} × {o['us_mean']:.0f}µs"
+                         for name, o in list(d["opcodes"].items())[:top])
+        lines.append([row, f"{r.ops} ({r.op})", f"{d['requests_per_rep']:.0f}",
+                      _per(d["requests_per_op"]), f"{d['us_per_request']:.0f}",
+                      f"{d['daemon_ms_per_rep']:.1f}",
+                      f"{100 * d['daemon_share_of_wall']:.0f}%", tops])
+    widths = [max(len(x[i]) for x in [header, *lines]) for i in range(len(header))]
+    out = [" | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip()]
+    out.append("-+-".join("-" * w for w in widths))
+    out += [" | ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip()
+            for line in lines]
+    return "\n".join(out)
 
 
 def depth_check(results: Results, depths: tuple[int, ...]) -> tuple[str, dict[str, Any]] | None:
@@ -448,8 +556,8 @@ def main() -> int:
             durations["fusesnap_import_s"] = time.monotonic() - t
             print(f"fusesnap import: {durations['fusesnap_import_s']:.1f}s", flush=True)
         t = time.monotonic()
-        results = measure(workloads, backends, fx, args.reps, args.paths == "absolute",
-                          args.profile, args.profile_native)
+        results, requests = measure(workloads, backends, fx, args.reps,
+                                    args.paths == "absolute", args.profile, args.profile_native)
         ops = measure_ops(snap, ops_parents, sizes.ops_iterations, args.reps) if snap else {}
         durations["measure_s"] = time.monotonic() - t
     finally:
@@ -471,6 +579,11 @@ def main() -> int:
     depth = depth_check(results, sizes.depths)
     if depth is not None:
         print(depth[0])
+    if requests:
+        print(f"\nfusesnap's FUSE requests while the clock ran, over {args.reps} reps "
+              "(the daemon's counters; µs: its handlers' own time, pyfuse3's dispatch "
+              "excluded; of wall: the handlers' share of the timed wall time)")
+        print(requests_table(requests))
     if ops:
         print()
         print(ops_table(ops))
@@ -484,6 +597,7 @@ def main() -> int:
                        "cpus": os.cpu_count(), "notes": notes},
             "durations": durations, "rows": doc,
             "deep_depth_check": depth[1] if depth else None,
+            "fusesnap_requests": {row: r.doc() for row, r in requests.items()},
             "snapshot_ops": ops,
         }, indent=2))
     return 0

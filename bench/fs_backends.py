@@ -36,8 +36,10 @@ from fusesnap.images.archive import Descriptor
 from fusesnap.images.importer import Daemon as Client
 from fusesnap.images.importer import apply_into
 from fusesnap.pb import content_pb2 as cpb
+from fusesnap.pb import debug_pb2
 from fusesnap.pb import snapshots_pb2 as spb
 from fusesnap.pb.content_pb2_grpc import ContentStub
+from fusesnap.pb.debug_pb2_grpc import DebugStub
 from fusesnap.pb.snapshots_pb2_grpc import SnapshotsStub
 
 LAYER_MEDIA_TYPE = "application/vnd.oci.image.layer.v1.tar"
@@ -264,6 +266,7 @@ class Fusesnap(Backend):
         grpc.channel_ready_future(self.channel).result(timeout=START_TIMEOUT)
         self.snapshots = SnapshotsStub(self.channel)
         self.content = ContentStub(self.channel)
+        self.debug = DebugStub(self.channel)
         self.client = Client(self.channel)
 
     def stop(self) -> None:
@@ -284,6 +287,11 @@ class Fusesnap(Backend):
     def make_cold(self) -> None:
         self.stop()
         self.start()
+
+    def fuse_stats(self, reset: bool = False) -> debug_pb2.FuseStatsResponse:
+        """The FUSE requests the daemon served since it started or the last
+        reset (by opcode: count, total ns); with `reset`, it counts afresh."""
+        return self.debug.FuseStats(debug_pb2.FuseStatsRequest(reset=reset))
 
     @property
     def pid(self) -> int:

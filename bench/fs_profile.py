@@ -21,9 +21,10 @@ from pathlib import Path
 
 _FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
 IDLE = ("EpollIOManager.get_events (trio/", "_worker (concurrent/futures/thread.py",
-        "_serve (grpc/_server.py", "epoll_wait (")
+        "_work (fusesnap/api/server.py", "_serve (grpc/_server.py", "epoll_wait (")
 """Leaf frames of threads waiting for work (trio's loop in epoll_wait, gRPC's
-pool and poller), which py-spy does not always see as idle."""
+pool — the daemon's own, _Workers, waiting on its queue — and poller), which
+py-spy does not always see as idle."""
 
 
 def py_spy() -> str | None:

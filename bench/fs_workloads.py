@@ -55,6 +55,11 @@ class Workload:
     """Untimed, after the caches were dropped (inputs that are not the backend's)."""
     times_open: bool = False
     """Report the time the backend took to make the view available."""
+    op: str = ""
+    """What one operation of a timed row is (the unit of the daemon's requests
+    per operation, bench/fs.py)."""
+    ops: Callable[[Fixture], int] = lambda fx: 1
+    """Operations per timed row (each row of a repetition does them all once)."""
 
 
 def _main(fx: Fixture) -> list[Stack]:
@@ -256,14 +261,22 @@ def rm_rf(root: Path, fx: Fixture, stack: Stack, timed: Timer) -> Rows:
 
 
 WORKLOADS = [
-    Workload("seq-read", seq_read, _main, restart=True),
-    Workload("rand-read", rand_read, _main, restart=True),
-    Workload("meta-walk", meta_walk, _main, restart=True),
-    Workload("small-create", small_create, _main, writes=("create",)),
-    Workload("copy-up", copy_up, _main, writes=("big/append.bin", "big/overwrite.bin")),
-    Workload("deep-chain", deep_chain, _deep, restart=True, times_open=True),
-    Workload("untar", untar, _main, writes=("untar",), prepare=_cache_tarball),
-    Workload("rm-rf", rm_rf, _main, writes=("rmtree",)),
+    Workload("seq-read", seq_read, _main, restart=True,
+             op="MiB read", ops=lambda fx: fx.sizes.seq_bytes // MiB),
+    Workload("rand-read", rand_read, _main, restart=True,
+             op="4 KiB read", ops=lambda fx: fx.sizes.rand_reads),
+    Workload("meta-walk", meta_walk, _main, restart=True,
+             op="entry walked", ops=lambda fx: fx.expected.walk_entries),
+    Workload("small-create", small_create, _main, writes=("create",),
+             op="file created", ops=lambda fx: fx.sizes.create_files),
+    Workload("copy-up", copy_up, _main, writes=("big/append.bin", "big/overwrite.bin"),
+             op="durable write", ops=lambda fx: 1),
+    Workload("deep-chain", deep_chain, _deep, restart=True, times_open=True,
+             op="entry stat'd", ops=lambda fx: len(fx.expected.deep_paths)),
+    Workload("untar", untar, _main, writes=("untar",), prepare=_cache_tarball,
+             op="file extracted", ops=lambda fx: fx.expected.untar_files),
+    Workload("rm-rf", rm_rf, _main, writes=("rmtree",),
+             op="entry removed", ops=lambda fx: fx.expected.rm_entries + 1),
 ]
 """In run order (snapshot-ops, fusesnap only, runs last: bench/fs.py)."""
 
