@@ -254,6 +254,7 @@ class LayerWriter:
         view, tree = self.view, self.tree
         if view.alive and view.writable:
             sid = view.top
+            tree.discard_pending(sid)  # rows of the failed apply, not yet written
             with tree.db.transaction():
                 for t in _TABLES:
                     tree.db.execute(f"DELETE FROM {t} WHERE layer = ?", (sid,))

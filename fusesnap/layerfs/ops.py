@@ -337,9 +337,7 @@ class LayerFS(pyfuse3.Operations):
         if parent_inode == pyfuse3.ROOT_INODE:
             raise pyfuse3.FUSEError(errno.EPERM)
         view, parent = self._view(parent_inode)
-        a = self._call(self.tree.make, view, parent, name,
-                       stat.S_IFREG | stat.S_IMODE(mode), ctx.uid, ctx.gid)
-        of = self._call(self.tree.open, view, a.oid, (flags & ~os.O_TRUNC) | os.O_RDWR)
+        a, of = self._call(self.tree.create, view, parent, name, mode, ctx.uid, ctx.gid)
         return self._new_handle(of), self._entry(view, a)
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
