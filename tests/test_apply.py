@@ -244,7 +244,9 @@ def test_names_the_mount_found_missing_appear_after_an_apply(
     for _ in range(2):
         assert not (root / "appears").exists()
         assert not (root / "dir" / "inner").exists()
+        assert os.listdir(root / "dir") == []  # a listing the kernel keeps
     blob = store(client, oci.Layer([oci.File("appears", b"a\n"), oci.File("dir/inner", b"i\n")]))
     applier.Apply(apb.ApplyRequest(key=active, digest=blob.desc.digest, diff_id=blob.diff_id))
     assert (root / "appears").read_bytes() == b"a\n"
     assert (root / "dir" / "inner").read_bytes() == b"i\n"
+    assert os.listdir(root / "dir") == ["inner"]

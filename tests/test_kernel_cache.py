@@ -70,3 +70,28 @@ def test_paths_through_the_mount_root_are_answered_by_the_kernel(daemon: Daemon)
         os.stat(daemon.mountpoint)
         os.stat(work / "f")  # an absolute path: it crosses the mount's root
     assert counts(daemon) == {}
+
+
+def test_a_listing_is_read_from_the_daemon_once(daemon: Daemon) -> None:
+    work = daemon.prepare("listing")
+    (work / "d").mkdir()
+    for i in range(50):
+        (work / "d" / f"f{i}").write_bytes(b"x")
+    first = sorted(os.listdir(work / "d"))
+    counts(daemon)
+    for _ in range(10):
+        assert sorted(os.listdir(work / "d")) == first
+    assert "READDIRPLUS" not in counts(daemon)
+
+
+def test_a_cached_listing_follows_changes_through_the_mount(daemon: Daemon) -> None:
+    work = daemon.prepare("listing-changes")
+    (work / "d").mkdir()
+    (work / "d" / "a").write_bytes(b"a")
+    assert os.listdir(work / "d") == ["a"]
+    (work / "d" / "b").write_bytes(b"b")
+    assert sorted(os.listdir(work / "d")) == ["a", "b"]
+    os.rename(work / "d" / "a", work / "d" / "c")
+    assert sorted(os.listdir(work / "d")) == ["b", "c"]
+    (work / "d" / "b").unlink()
+    assert os.listdir(work / "d") == ["c"]

@@ -435,12 +435,19 @@ def _refused(key: bytes, special: bool) -> int:
 
 def invalidate_kernel(sid: int, keys: Iterable[tuple[int, bytes]]) -> None:
     """An :data:`Invalidate` for the daemon's mount: the snapshot root's
-    attributes and every entry named (queued: safe on the trio thread)."""
+    attributes, every entry named (queued: safe on the trio thread), and the
+    cached listing and attributes of every directory they are in (a
+    directory's pages, which never wait for a writeback)."""
     try:
         with contextlib.suppress(OSError):  # the kernel may not know the root yet
             pyfuse3.invalidate_inode(nodeid(sid, ROOT_OID), attr_only=True)
+        dirs = set()
         for dir_oid, name in keys:
             pyfuse3.invalidate_entry_async(nodeid(sid, dir_oid), name, ignore_enoent=True)
+            dirs.add(dir_oid)
+        for dir_oid in dirs:
+            with contextlib.suppress(OSError):  # one the kernel never saw
+                pyfuse3.invalidate_inode(nodeid(sid, dir_oid))
     except Exception:  # the mount may not be up (tests, shutdown)
         log.debug("could not invalidate entries of snapshot %d", sid, exc_info=True)
 

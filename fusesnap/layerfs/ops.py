@@ -216,7 +216,7 @@ class LayerFS(pyfuse3.Operations):
 
     # ----------------------------------------------------------------- directories
 
-    async def opendir(self, inode: int, ctx: Any) -> int:
+    async def opendir(self, inode: int, ctx: Any) -> int | pyfuse3.FileInfo:
         dir_view: View | None = None
         oid = 0
         if inode == pyfuse3.ROOT_INODE:
@@ -236,7 +236,12 @@ class LayerFS(pyfuse3.Operations):
         fh = self._next_fh
         self._next_fh += 1
         self._dirs[fh] = (dir_view, oid, entries)
-        return fh
+        if dir_view is None:
+            return fh  # the mount's root: snapshots come and go through the API
+        # The kernel keeps the listing (FOPEN_CACHE_DIR, kept across opens): it
+        # drops it itself when it changes the directory, and the Applier,
+        # which changes it behind its back, invalidates it (layerfs/apply.py).
+        return pyfuse3.FileInfo(fh=fh, keep_cache=True, cache_readdir=True)
 
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         dir_view, dir_oid, entries = self._dirs[fh]
