@@ -56,6 +56,9 @@ class Config:
     """Seconds an ingest on no lease is safe from collection after it started."""
     gc_delay: float = 1.0
     """Seconds between a deletion and the background collection it triggers."""
+    fuse_busy_poll_us: int = 50
+    """Microseconds the FUSE loop polls for the next request before it
+    sleeps (patches/pyfuse3/0002); 0: never."""
     socket_group: str | None = None
     """The group that may connect to the socket besides the daemon's user (name
     or number); None: root's for a root daemon, none for an ordinary user's."""
@@ -64,7 +67,8 @@ class Config:
     def make(cls, root: str | None = None, socket: str | None = None,
              mountpoint: str | None = None, role: str | None = None,
              ingest_grace: float | None = None, gc_delay: float | None = None,
-             socket_group: str | None = None) -> Config:
+             socket_group: str | None = None,
+             fuse_busy_poll_us: int | None = None) -> Config:
         r = Path(root).absolute() if root else default_root().absolute()
         s = Path(socket).absolute() if socket else default_socket(r).absolute()
         m = Path(mountpoint).absolute() if mountpoint else Path(
@@ -74,4 +78,6 @@ class Config:
                    ingest_grace=cls.ingest_grace if ingest_grace is None else ingest_grace,
                    gc_delay=cls.gc_delay if gc_delay is None else gc_delay,
                    socket_group=socket_group or os.environ.get("FUSESNAP_SOCKET_GROUP")
-                   or None)
+                   or None,
+                   fuse_busy_poll_us=cls.fuse_busy_poll_us if fuse_busy_poll_us is None
+                   else fuse_busy_poll_us)

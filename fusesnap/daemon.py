@@ -152,6 +152,17 @@ class _GroupCommitter:
                 await trio.sleep(SPACE_POLL)
 
 
+def _busy_poll(microseconds: int) -> None:
+    """Have the FUSE loop poll before it sleeps (patches/pyfuse3/0002)."""
+    set_busy_poll = getattr(pyfuse3, "set_busy_poll", None)
+    if set_busy_poll is None:
+        if microseconds:
+            log.warning("this pyfuse3 cannot poll for requests (not fusesnap's build: "
+                        "run make setup); every request waits for a wake-up")
+        return
+    set_busy_poll(microseconds * 1000)
+
+
 async def _watch(space: Space) -> None:
     """Notice a disk filling or space coming back (store/space.py)."""
     while True:
@@ -196,10 +207,12 @@ async def serve(config: Config) -> None:
         prepare_socket(config.socket, group)
         options = mount_options()
         collector = Collector(db, snapshotter, content, config.ingest_grace, config.gc_delay)
-        log.info("root=%s mountpoint=%s socket=%s role=%s options=%s", config.root,
-                 config.mountpoint, config.socket, config.role.value, ",".join(sorted(options)))
+        log.info("root=%s mountpoint=%s socket=%s role=%s options=%s fuse-busy-poll=%dus",
+                 config.root, config.mountpoint, config.socket, config.role.value,
+                 ",".join(sorted(options)), config.fuse_busy_poll_us)
         fuse_stats = FuseStats()
         pyfuse3.init(LayerFS(snapshotter, fuse_stats), str(config.mountpoint), options)
+        _busy_poll(config.fuse_busy_poll_us)
         try:
             bridge = TrioBridge(trio.lowlevel.current_trio_token())
             server = make_server(bridge, config.socket, config.role, snapshotter, content,

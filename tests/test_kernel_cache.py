@@ -95,3 +95,39 @@ def test_a_cached_listing_follows_changes_through_the_mount(daemon: Daemon) -> N
     assert sorted(os.listdir(work / "d")) == ["b", "c"]
     (work / "d" / "b").unlink()
     assert os.listdir(work / "d") == ["c"]
+
+
+def test_a_polling_daemon_serves_grpc_during_a_burst_of_requests(daemon: Daemon) -> None:
+    # The FUSE loop polls for the next request before it sleeps (--fuse-busy-poll,
+    # on by default); calls that cross into the same thread must still get in.
+    import threading
+
+    from fusesnap.pb import snapshots_pb2 as spb
+
+    work = daemon.prepare("burst")
+    done = threading.Event()
+
+    def burst() -> None:
+        for i in range(3000):  # distinct missing names: each is a LOOKUP
+            if done.is_set():
+                break
+            (work / f"missing-{i}").exists()
+
+    t = threading.Thread(target=burst)
+    t.start()
+    try:
+        for _ in range(20):
+            daemon.snapshots.Stat(spb.StatSnapshotRequest(key="burst"), timeout=10)
+    finally:
+        done.set()
+        t.join()
+
+
+def test_busy_poll_flag_is_checked() -> None:
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "fusesnap", "serve", "--fuse-busy-poll", "-5"],
+                         capture_output=True, text=True)
+    assert out.returncode == 2
+    assert "expected a whole number of microseconds" in out.stderr

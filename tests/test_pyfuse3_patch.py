@@ -8,6 +8,10 @@ each flag is checked both ways, so a flag that does not reach the kernel fails:
 - opendir answering FileInfo(keep_cache=True, cache_readdir=True): listing a
   directory a second time sends no readdir (with a plain file handle it does);
 - open answering FileInfo(noflush=True): close() sends no flush (without, it does).
+
+pyfuse3.set_busy_poll (patch 0002) changes only when the loop sleeps: its
+effect is a time (bench/fs.py shows it); tests/test_kernel_cache.py checks a
+polling daemon still serves its other work during a burst of requests.
 """
 
 from __future__ import annotations
@@ -179,6 +183,14 @@ def test_installed_pyfuse3_is_the_patched_build() -> None:
             "(patches/pyfuse3/): run ./vagrant/provision.sh (make setup) to build it")
     assert (info.cache_readdir, info.noflush) == (False, False)
     assert pyfuse3.FileInfo(fh=7, cache_readdir=True, noflush=True).cache_readdir is True
+
+
+def test_busy_poll_is_set_in_nanoseconds_never_negative() -> None:
+    # Patch 0002; fusesnap's daemon sets it (serve --fuse-busy-poll).
+    pyfuse3.set_busy_poll(50_000)
+    pyfuse3.set_busy_poll(0)
+    with pytest.raises(ValueError):
+        pyfuse3.set_busy_poll(-1)
 
 
 # --- cache_readdir on opendir's reply ------------------------------------------------

@@ -18,7 +18,8 @@ def _serve(args: argparse.Namespace) -> int:
     from fusesnap.daemon import StartupError, serve
 
     config = Config.make(args.root, args.socket, args.mountpoint, args.role,
-                         args.ingest_grace, args.gc_delay, args.socket_group)
+                         args.ingest_grace, args.gc_delay, args.socket_group,
+                         args.fuse_busy_poll)
     try:
         trio.run(serve, config)
     except StartupError as e:
@@ -35,6 +36,23 @@ def _seconds(text: str) -> float:
     if not value >= 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, got {text!r}")
     return value
+
+
+def _microseconds(text: str) -> int:
+    if not text.isdigit() or int(text) > 1_000_000:
+        raise argparse.ArgumentTypeError(
+            f"expected a whole number of microseconds from 0 to 1000000, got {text!r}")
+    return int(text)
+
+
+def _env_microseconds(name: str) -> int | None:
+    text = os.environ.get(name)
+    if not text:
+        return None
+    try:
+        return _microseconds(text)
+    except argparse.ArgumentTypeError as e:
+        raise SystemExit(f"fusesnap: {name}: {e}") from None
 
 
 def add_socket_option(parser: argparse.ArgumentParser) -> None:
@@ -84,6 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="group that may connect to the socket (mode 0660) besides the "
                             "daemon's user (env FUSESNAP_SOCKET_GROUP; default: root for a "
                             "root daemon, none (mode 0600) for an ordinary user's)")
+    serve.add_argument("--fuse-busy-poll", type=_microseconds, metavar="MICROSECONDS",
+                       default=_env_microseconds("FUSESNAP_FUSE_BUSY_POLL"),
+                       help="how long the FUSE loop polls for the next request before it "
+                            "sleeps: cheaper than a wake-up where waking a CPU is dear (env "
+                            "FUSESNAP_FUSE_BUSY_POLL; default 50; 0 never polls)")
     serve.set_defaults(func=_serve)
 
     from fusesnap.cli import content, debug, gc, images, leases, snapshots
