@@ -270,6 +270,7 @@ class LayerWriter:
                     os.unlink(entry.path)
             view.attrs.clear()
             view.entries.clear()
+            view.complete.clear()
             view.listings.clear()
             self._invalidate()
         discard(f"{self.backup}{oid}" for oid in self.own)

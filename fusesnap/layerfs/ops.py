@@ -169,16 +169,13 @@ class LayerFS(pyfuse3.Operations):
         if len(name) > NAME_MAX:
             raise pyfuse3.FUSEError(errno.ENAMETOOLONG)
         view, oid = self._view(parent_inode)
-        try:
-            a = self.tree.lookup(view, oid, name)
-        except OSError as e:
-            if e.errno != errno.ENOENT:
-                raise pyfuse3.FUSEError(e.errno or errno.EIO) from None
+        child = self.tree.find(view, oid, name)
+        if not child:
             # A negative entry: the kernel remembers the miss. A name appears
             # behind its back only through the Applier, which invalidates
             # every entry it touches (layerfs/apply.py).
             return _NEGATIVE
-        return self._entry(view, a)
+        return self._entry(view, self._call(self.tree.attr, view, child))
 
     async def forget(self, inode_list: Any) -> None:
         return None

@@ -110,6 +110,9 @@ class View:
         self.alive = True
         self.attrs: dict[int, Attr] = {}
         self.entries: dict[tuple[int, bytes], int] = {}
+        # Directories all of whose entries are in `entries` (listed, or made in
+        # this view): a name not there is not in the directory, with no query.
+        self.complete: set[int] = set()
         # Merged directory listings; an entry change in the top layer drops its
         # directory's (_set_entry, _clear_entry), lower layers never change.
         self.listings: dict[int, list[tuple[bytes, Attr]]] = {}
@@ -317,6 +320,8 @@ class LayerTree:
         key = (dir_oid, name)
         oid = view.entries.get(key)
         if oid is None:
+            if dir_oid in view.complete:
+                return WHITEOUT
             oid = view.entries[key] = self._probe(view, dir_oid, name)
         return oid
 
@@ -341,6 +346,7 @@ class LayerTree:
                 best[name] = (r, oid)
         for name, (_, oid) in best.items():
             view.entries[(dir_oid, name)] = oid
+        view.complete.add(dir_oid)
         self._load_attrs(view, [oid for _, oid in best.values() if oid])
         out = []
         for name in sorted(best):
@@ -561,6 +567,8 @@ class LayerTree:
                   view.top if stat.S_ISREG(mode) else None, None, None, None))
         a.xattrs = {}
         self._save(a)
+        if is_dir:
+            view.complete.add(oid)  # a new object: no layer has entries in it
         self._set_entry(view, d.oid, name, oid)
         self._touch_dir(view, d, now, 1 if is_dir else 0)
         view.attrs[oid] = a
