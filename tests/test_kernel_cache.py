@@ -5,11 +5,15 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import threading
 from collections.abc import Iterator
 
 import pytest
 
 from fusesnap.pb import debug_pb2
+from fusesnap.pb import snapshots_pb2 as spb
 from fusesnap.pb.debug_pb2_grpc import DebugStub
 from tests.conftest import PROXY, Daemon, module_daemon
 
@@ -100,10 +104,6 @@ def test_a_cached_listing_follows_changes_through_the_mount(daemon: Daemon) -> N
 def test_a_polling_daemon_serves_grpc_during_a_burst_of_requests(daemon: Daemon) -> None:
     # The FUSE loop polls for the next request before it sleeps (--fuse-busy-poll,
     # on by default); calls that cross into the same thread must still get in.
-    import threading
-
-    from fusesnap.pb import snapshots_pb2 as spb
-
     work = daemon.prepare("burst")
     done = threading.Event()
 
@@ -124,9 +124,6 @@ def test_a_polling_daemon_serves_grpc_during_a_burst_of_requests(daemon: Daemon)
 
 
 def test_busy_poll_flag_is_checked() -> None:
-    import subprocess
-    import sys
-
     out = subprocess.run([sys.executable, "-m", "fusesnap", "serve", "--fuse-busy-poll", "-5"],
                          capture_output=True, text=True)
     assert out.returncode == 2

@@ -184,8 +184,7 @@ def test_unknown_socket_group_is_refused_with_one_line(tmp_path: Path) -> None:
          "--socket", str(tmp_path / "sock"), "--socket-group", "no-such-group-here"],
         capture_output=True, text=True, timeout=60)
     assert out.returncode == 1
-    assert out.stderr.strip().splitlines() == [
-        out.stderr.strip().splitlines()[0]]
+    assert len(out.stderr.strip().splitlines()) == 1
     assert "--socket-group no-such-group-here: no such group" in out.stderr
     assert not (tmp_path / "root").exists()
 
