@@ -660,8 +660,8 @@ def cli_startup(ident: Identity) -> float:
 _FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^()]*?)(?::\d+)?\)$")
 
 BUCKETS = [  # the outermost frame that matches one names the phase: (function, file, phase)
-    ("read_layer", "layerfs/apply.py", "apply 1: decompress, hash, write file bytes (gRPC thread)"),
-    ("LayerWriter.", "layerfs/apply.py", "apply 2: entries into the layer's rows (trio thread)"),
+    ("read_layer", "snapshots/apply.py", "apply 1: decompress, hash, write bytes (gRPC thread)"),
+    ("LayerWriter.", "snapshots/apply.py", "apply 2: entries into the layer's rows (trio thread)"),
     ("ContentServicer.Write", "api/content.py", "content ingest: Write (gRPC thread)"),
     ("", "fusesnap/content/", "content store (trio thread)"),
     ("SnapshotsServicer.Commit", "api/snapshots.py", "snapshot commit"),

@@ -13,7 +13,7 @@ class StartupError(Exception):
 
 
 class Role(enum.Enum):
-    """Who the daemon serves (DESIGN.md, "Two roles, kept apart")."""
+    """Who the daemon serves (README, "Two roles")."""
 
     DIRECT = "direct"
     """Clients talk to fusesnap directly (the CLI, rootless engines and builders):

@@ -14,7 +14,6 @@ import subprocess
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-import pyfuse3
 import trio
 
 from fusesnap.api.server import make_server
@@ -22,10 +21,10 @@ from fusesnap.bridge import TrioBridge
 from fusesnap.config import Config, Role, StartupError
 from fusesnap.content.store import ContentStore
 from fusesnap.errors import ResourceExhausted
+from fusesnap.gc import Collector
+from fusesnap.layerfs import mount as fuse
 from fusesnap.layerfs.ops import LayerFS
 from fusesnap.layerfs.stats import FuseStats
-from fusesnap.layerfs.tree import LayerTree
-from fusesnap.leases.gc import Collector
 from fusesnap.malloc import reuse_megabyte_buffers
 from fusesnap.permissions import (
     DIR_MODE,
@@ -37,6 +36,7 @@ from fusesnap.permissions import (
     socket_group,
     tighten,
 )
+from fusesnap.snapshots.layers import LayerTree
 from fusesnap.snapshots.snapshotter import Snapshotter
 from fusesnap.store.db import GROUP_WINDOW, Database
 from fusesnap.store.space import Space
@@ -152,17 +152,6 @@ class _GroupCommitter:
                 await trio.sleep(SPACE_POLL)
 
 
-def _busy_poll(microseconds: int) -> None:
-    """Have the FUSE loop poll before it sleeps (patches/pyfuse3/0002)."""
-    set_busy_poll = getattr(pyfuse3, "set_busy_poll", None)
-    if set_busy_poll is None:
-        if microseconds:
-            log.warning("this pyfuse3 cannot poll for requests (not fusesnap's build: "
-                        "run make setup); every request waits for a wake-up")
-        return
-    set_busy_poll(microseconds * 1000)
-
-
 async def _watch(space: Space) -> None:
     """Notice a disk filling or space coming back (store/space.py)."""
     while True:
@@ -211,8 +200,8 @@ async def serve(config: Config) -> None:
                  config.root, config.mountpoint, config.socket, config.role.value,
                  ",".join(sorted(options)), config.fuse_busy_poll_us)
         fuse_stats = FuseStats()
-        pyfuse3.init(LayerFS(snapshotter, fuse_stats), str(config.mountpoint), options)
-        _busy_poll(config.fuse_busy_poll_us)
+        fuse.mount(LayerFS(snapshotter, fuse_stats), config.mountpoint, options,
+                   config.fuse_busy_poll_us)
         try:
             bridge = TrioBridge(trio.lowlevel.current_trio_token())
             server = make_server(bridge, config.socket, config.role, snapshotter, content,
@@ -223,11 +212,7 @@ async def serve(config: Config) -> None:
                 raise StartupError(str(e)) from None
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                 async with trio.open_nursery() as nursery:
-                    # One worker: every handler runs to completion without
-                    # awaiting, so more workers only add lock and scheduling
-                    # work to each request (pyfuse3 defaults to 99).
-                    nursery.start_soon(functools.partial(pyfuse3.main, min_tasks=1,
-                                                         max_tasks=1))
+                    nursery.start_soon(fuse.serve)
                     committer = trio.CancelScope()
                     nursery.start_soon(_run_in, committer, _GroupCommitter(db).run)
                     watch = trio.CancelScope()
@@ -254,9 +239,9 @@ async def serve(config: Config) -> None:
                     except ResourceExhausted as e:
                         log.error("lost the sizes and times of files written last: %s", e)
                     committer.cancel()
-                    pyfuse3.terminate()
+                    fuse.stop()
         finally:
-            pyfuse3.close(unmount=True)
+            fuse.unmount()
             try:
                 config.socket.unlink()
             except FileNotFoundError:

@@ -1,4 +1,4 @@
-"""Partial copy-up (fusesnap/layerfs/data.py), through a real mount: writing
+"""Partial copy-up (fusesnap/snapshots/layers/data.py), through a real mount: writing
 to a file of a lower layer copies only the blocks it writes, and every way of
 reading the file — the writer's descriptor, one opened before the copy-up, a
 new one, a view of the committed layer, the layer's diff, the daemon after a
@@ -22,10 +22,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fusesnap.layerfs.data import MAX_CHAIN
 from fusesnap.layerfs.ops import OID_MASK
 from fusesnap.pb.diff_pb2 import DiffRequest
 from fusesnap.pb.diff_pb2_grpc import DifferStub
+from fusesnap.snapshots.layers.data import MAX_CHAIN
 from tests.conftest import PROXY, Daemon, module_daemon
 
 MIB = 1 << 20

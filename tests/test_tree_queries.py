@@ -1,16 +1,17 @@
-"""What the layer tree answers without SQL (issue 16, "a warm metadata
-request touches no SQL"), counted with SQLite's own statement trace on a
-real store (no FUSE needed)."""
+"""What a view answers without SQL (issue 16, "a warm metadata request
+touches no SQL"), counted with SQLite's own statement trace on a real store
+(no FUSE needed), and its caches' bound."""
 
 from __future__ import annotations
 
+import os
 import stat
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from fusesnap.layerfs.tree import ROOT_OID, LayerTree, View
+from fusesnap.snapshots.layers import ROOT_OID, LayerTree, View
 from fusesnap.snapshots.snapshotter import Snapshotter
 from fusesnap.store.db import Database
 from fusesnap.store.space import Space
@@ -40,8 +41,8 @@ def test_a_name_missing_from_a_directory_made_in_this_view_costs_no_query(
     d = tree.make(view, ROOT_OID, b"new", stat.S_IFDIR | 0o755, 0, 0)
     tree.make(view, d.oid, b"there", stat.S_IFREG | 0o644, 0, 0)
     seen = statements(db)
-    assert tree.find(view, d.oid, b"missing") == 0
-    assert tree.find(view, d.oid, b"there") != 0
+    assert view.find(d.oid, b"missing") == 0
+    assert view.find(d.oid, b"there") != 0
     assert seen == []
 
 
@@ -52,10 +53,47 @@ def test_a_name_missing_from_a_listed_directory_costs_no_query(
     view.entries.clear()  # as a view that has not seen the root yet
     view.complete.clear()
     seen = statements(db)
-    assert tree.find(view, ROOT_OID, b"other") == 0  # not listed yet: one probe
+    assert view.find(ROOT_OID, b"other") == 0  # not listed yet: one probe
     assert len(seen) == 1
-    [(name, _)] = tree.listdir(view, ROOT_OID)
+    [(name, _)] = view.listdir(ROOT_OID)
     assert name == b"a"
     seen.clear()
-    assert tree.find(view, ROOT_OID, b"still-missing") == 0
+    assert view.find(ROOT_OID, b"still-missing") == 0
     assert seen == []
+
+
+def test_a_view_keeps_at_most_its_limit_and_still_answers_right(
+        store: tuple[Database, LayerTree, View]) -> None:
+    db, tree, view = store
+    view.limit = 16
+    d = tree.make(view, ROOT_OID, b"d", stat.S_IFDIR | 0o755, 0, 0)
+    oids = {}
+    for i in range(200):
+        oids[i] = tree.make(view, d.oid, b"f%d" % i, stat.S_IFREG | 0o644, i, 0).oid
+    tree.sync()
+    assert len(view.attrs) <= 16 and len(view.entries) <= 32
+    listing = view.listdir(d.oid)  # more than the limit: returned, not kept
+    assert len(listing) == 200 and d.oid not in view.listings
+    assert d.oid not in view.complete  # its names did not all stay
+    for i in range(200):  # every name and owner right, after evictions
+        assert view.find(d.oid, b"f%d" % i) == oids[i]
+        assert view.attr(oids[i]).uid == i
+    assert view.find(d.oid, b"f200") == 0
+    assert len(view.attrs) <= 16 and len(view.entries) <= 32
+    assert sum(len(x) for x in view.listings.values()) <= 16
+
+
+def test_an_object_evicted_while_open_stays_the_one_object(
+        store: tuple[Database, LayerTree, View]) -> None:
+    db, tree, view = store
+    view.limit = 16
+    a, of = tree.create(view, ROOT_OID, b"open", 0o644, 0, 0)
+    tree.files.write(of, 0, b"x" * 5000)  # its size is in memory only
+    for i in range(100):
+        tree.make(view, ROOT_OID, b"other%d" % i, stat.S_IFREG | 0o644, 0, 0)
+    assert a.oid not in view.attrs
+    seen = statements(db)
+    assert view.attr(a.oid) is a and a.size == 5000
+    assert seen == []
+    tree.release(of)
+    assert os.path.getsize(tree.files.data_path(view.top, a.oid)) == 5000

@@ -1,4 +1,4 @@
-"""fusesnap.services.apply.v1.Applier over fusesnap.layerfs.apply.
+"""fusesnap.services.apply.v1.Applier over fusesnap.snapshots.apply.
 
 The blob is read, decompressed and written out in the gRPC thread; the
 snapshot's metadata changes cross into the trio thread in batches.
@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import grpc
 
+from fusesnap import digests
 from fusesnap.api.errors import rpc
 from fusesnap.bridge import TrioBridge
-from fusesnap.content import digests
 from fusesnap.content.store import ContentStore
 from fusesnap.errors import NotFound
-from fusesnap.layerfs.apply import Applier
 from fusesnap.pb import apply_pb2, apply_pb2_grpc
+from fusesnap.snapshots.apply import Applier
 from fusesnap.snapshots.snapshotter import Snapshotter
 
 

@@ -11,11 +11,12 @@ from collections.abc import Iterable, Iterator
 import grpc
 from google.protobuf.empty_pb2 import Empty
 
+from fusesnap import digests
 from fusesnap.api.convert import batches, timestamp
 from fusesnap.api.errors import rpc
 from fusesnap.api.headers import Headers
 from fusesnap.bridge import TrioBridge
-from fusesnap.content import digests, reader
+from fusesnap.content import reader
 from fusesnap.content.ingest import Progress, Writer, progress
 from fusesnap.content.store import BlobRecord, ContentStore
 from fusesnap.errors import InvalidArgument, NotFound

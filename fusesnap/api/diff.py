@@ -1,4 +1,4 @@
-"""fusesnap.services.diff.v1.Differ over :mod:`fusesnap.layerfs.diff`."""
+"""fusesnap.services.diff.v1.Differ over :mod:`fusesnap.snapshots.diff`."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import grpc
 
 from fusesnap.api.errors import rpc
 from fusesnap.bridge import TrioBridge
-from fusesnap.layerfs.diff import layer_diff
 from fusesnap.pb import diff_pb2, diff_pb2_grpc
+from fusesnap.snapshots.diff import layer_diff
 from fusesnap.snapshots.snapshotter import Snapshotter
 
 

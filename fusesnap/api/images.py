@@ -14,8 +14,8 @@ from fusesnap.api.errors import rpc
 from fusesnap.api.headers import Headers, namespace
 from fusesnap.api.leases import collect
 from fusesnap.bridge import TrioBridge
+from fusesnap.gc import Collector
 from fusesnap.images.store import Descriptor, Image, ImageStore
-from fusesnap.leases.gc import Collector
 from fusesnap.pb import descriptor_pb2, images_pb2_grpc
 from fusesnap.pb import images_pb2 as ipb
 

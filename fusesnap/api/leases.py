@@ -11,7 +11,7 @@ from fusesnap.api.convert import timestamp
 from fusesnap.api.errors import rpc
 from fusesnap.api.headers import namespace
 from fusesnap.bridge import TrioBridge
-from fusesnap.leases.gc import Collector, Report
+from fusesnap.gc import Collector, Report
 from fusesnap.leases.store import Lease, LeaseStore, Resource
 from fusesnap.pb import gc_pb2, gc_pb2_grpc, leases_pb2, leases_pb2_grpc
 

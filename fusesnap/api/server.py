@@ -27,8 +27,8 @@ from fusesnap.api.snapshots import SnapshotsServicer
 from fusesnap.bridge import TrioBridge
 from fusesnap.config import Role
 from fusesnap.content.store import ContentStore
+from fusesnap.gc import Collector
 from fusesnap.images.store import ImageStore
-from fusesnap.leases.gc import Collector
 from fusesnap.pb import (
     apply_pb2,
     debug_pb2,

@@ -1,1 +1,3 @@
-"""The content store: blobs addressed by digest, resumable ingests, digests (spec §3)."""
+"""The content store: blobs addressed by digest, resumable ingests (spec §3).
+
+Digests themselves are fusesnap.digests."""

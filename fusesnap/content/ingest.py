@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
-from fusesnap.content import digests
+from fusesnap import digests
 from fusesnap.content.store import BlobRecord, ContentStore, IngestRecord, WriteLock
 from fusesnap.errors import (
     FailedPrecondition,

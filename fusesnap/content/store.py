@@ -1,6 +1,6 @@
 """The content store: committed blobs, their labels, ingest records and ref locks.
 
-Every method runs on the thread that owns the database (DESIGN.md) and does
+Every method runs on the thread that owns the database (fusesnap/bridge.py) and does
 quick metadata work only: one transaction, a link, an unlink. Bytes are
 written and hashed by `fusesnap.content.ingest` and read by
 `fusesnap.content.reader`, in the caller's thread.
@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fusesnap import faults, filters
-from fusesnap.content.digests import ALGORITHMS, Digest, parse
+from fusesnap.digests import ALGORITHMS, Digest, parse
 from fusesnap.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable
 from fusesnap.filters import quote
 from fusesnap.labels import apply_mask, clean

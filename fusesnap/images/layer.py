@@ -3,7 +3,7 @@
 :func:`apply_layer` is the whole interface: it reads the layer from a binary
 stream, writes the changes it describes into a directory (for a snapshot,
 its directory under the mount: the reference behaviour of the daemon's direct
-applier, fusesnap.layerfs.apply, which shares :class:`LayerStream`,
+applier, fusesnap.snapshots.apply, which shares :class:`LayerStream`,
 :func:`classify` and :func:`member_xattrs` with it), and returns the
 layer's diff_id (the sha256 of the uncompressed tar), checked against the one
 the image config names.
@@ -447,7 +447,7 @@ class LayerStream:
     """The tar members of a layer read once from `source` (uncompressed, gzip
     or zstd), and after the last one its diff_id and size. Use as a context
     manager; LayerError for a stream that is not a (complete) layer. Shared by
-    :func:`apply_layer` and the daemon's direct applier (fusesnap.layerfs.apply)."""
+    :func:`apply_layer` and the daemon's direct applier (fusesnap.snapshots.apply)."""
 
     def __init__(self, source: BinaryIO | IO[bytes], progress: Progress | None = None) -> None:
         self._raw = _Counting(source, progress)

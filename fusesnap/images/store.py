@@ -3,7 +3,7 @@ labels and timestamps (spec §5).
 
 An image is only a record: neither its target nor anything its labels
 reference need exist. Images are roots of the garbage collector
-(fusesnap.leases.gc, spec §8). Every mutation is one transaction, and every
+(fusesnap.gc, spec §8). Every mutation is one transaction, and every
 check is made before anything is written, so a refused request changes nothing.
 """
 
@@ -15,8 +15,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
-from fusesnap import filters
-from fusesnap.content import digests
+from fusesnap import digests, filters
 from fusesnap.errors import AlreadyExists, InvalidArgument, NotFound
 from fusesnap.filters import quote
 from fusesnap.labels import apply_mask, clean, validate

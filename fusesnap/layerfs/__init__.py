@@ -1,2 +1,3 @@
-"""The FUSE filesystem of snapshots: `tree` is the layered object model (no
-pyfuse3 inside), `ops` the pyfuse3.Operations adapter over it."""
+"""The FUSE adapter, and the only code that knows pyfuse3: `ops` serves the
+kernel's requests over the snapshots' layer model (fusesnap.snapshots.layers),
+`mount` mounts and serves, `stats` counts the requests."""

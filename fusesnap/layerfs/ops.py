@@ -10,19 +10,20 @@ errors into FUSEError; nothing else escapes.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 import pyfuse3
 
 from fusesnap.errors import ResourceExhausted
 from fusesnap.layerfs.stats import FuseStats
-from fusesnap.layerfs.tree import NAME_MAX, ROOT_OID, Attr, LayerTree, OpenFile, View
+from fusesnap.snapshots.layers import NAME_MAX, ROOT_OID, Attr, LayerTree, OpenFile, View
 from fusesnap.snapshots.snapshotter import Snapshotter
 from fusesnap.store.space import NO_SPACE
 
@@ -81,6 +82,7 @@ class LayerFS(pyfuse3.Operations):
                 setattr(self, name, stats.timed(opcode, getattr(self, name)))
         self.snapshotter = snapshotter
         self.tree: LayerTree = snapshotter.tree
+        self.files = self.tree.files
         self.uid = os.getuid()
         self.gid = os.getgid()
         self.started_ns = time.time_ns()
@@ -90,6 +92,7 @@ class LayerFS(pyfuse3.Operations):
         self._dirs: dict[int, tuple[View | None, int, list[tuple[bytes, int, Attr]]]] = {}
         self._next_fh = 1
         snapshotter.on_removed.append(self._forget_snapshot)
+        snapshotter.on_changed.append(self._invalidate_entries)
 
     # ----------------------------------------------------------------- plumbing
 
@@ -112,7 +115,7 @@ class LayerFS(pyfuse3.Operations):
         e.st_rdev = a.rdev
         e.st_size = a.size
         e.st_blksize = 4096
-        e.st_blocks = self.tree.blocks(a) if a.data is not None else 0
+        e.st_blocks = self.files.blocks(a) if a.data is not None else 0
         e.st_atime_ns = a.atime_ns
         e.st_mtime_ns = a.mtime_ns
         e.st_ctime_ns = a.ctime_ns
@@ -155,6 +158,25 @@ class LayerFS(pyfuse3.Operations):
         except Exception:  # the mount may not be up (tests, shutdown)
             log.debug("could not invalidate snapshot %d", sid, exc_info=True)
 
+    def _invalidate_entries(self, sid: int, keys: Iterable[tuple[int, bytes]]) -> None:
+        """Entries of snapshot `sid` changed behind the kernel's back (the
+        Applier): drop the snapshot root's attributes, every entry named
+        (queued: safe on the trio thread), and the cached listing and
+        attributes of every directory they are in (a directory's pages, which
+        never wait for a writeback)."""
+        try:
+            with contextlib.suppress(OSError):  # the kernel may not know the root yet
+                pyfuse3.invalidate_inode(nodeid(sid, ROOT_OID), attr_only=True)
+            dirs = set()
+            for dir_oid, name in keys:
+                pyfuse3.invalidate_entry_async(nodeid(sid, dir_oid), name, ignore_enoent=True)
+                dirs.add(dir_oid)
+            for dir_oid in dirs:
+                with contextlib.suppress(OSError):  # one the kernel never saw
+                    pyfuse3.invalidate_inode(nodeid(sid, dir_oid))
+        except Exception:  # the mount may not be up (tests, shutdown)
+            log.debug("could not invalidate entries of snapshot %d", sid, exc_info=True)
+
     # ----------------------------------------------------------------- lookups
 
     async def lookup(self, parent_inode: int, name: bytes,
@@ -165,17 +187,17 @@ class LayerFS(pyfuse3.Operations):
             view = self.snapshotter.view_of(int(name))
             if view is None:
                 raise pyfuse3.FUSEError(errno.ENOENT)
-            return self._entry(view, self._call(self.tree.attr, view, ROOT_OID))
+            return self._entry(view, self._call(view.attr, ROOT_OID))
         if len(name) > NAME_MAX:
             raise pyfuse3.FUSEError(errno.ENAMETOOLONG)
         view, oid = self._view(parent_inode)
-        child = self.tree.find(view, oid, name)
+        child = view.find(oid, name)
         if not child:
             # A negative entry: the kernel remembers the miss. A name appears
             # behind its back only through the Applier, which invalidates
-            # every entry it touches (layerfs/apply.py).
+            # every entry it touches (snapshots/apply.py).
             return _NEGATIVE
-        return self._entry(view, self._call(self.tree.attr, view, child))
+        return self._entry(view, self._call(view.attr, child))
 
     async def forget(self, inode_list: Any) -> None:
         return None
@@ -184,7 +206,7 @@ class LayerFS(pyfuse3.Operations):
         if inode == pyfuse3.ROOT_INODE:
             return self._top_entry()
         view, oid = self._view(inode)
-        return self._entry(view, self._call(self.tree.attr, view, oid))
+        return self._entry(view, self._call(view.attr, oid))
 
     async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes,
                       fields: pyfuse3.SetattrFields, fh: int | None,
@@ -206,7 +228,7 @@ class LayerFS(pyfuse3.Operations):
 
     async def readlink(self, inode: int, ctx: Any) -> bytes:
         view, oid = self._view(inode)
-        a = self._call(self.tree.attr, view, oid)
+        a = self._call(view.attr, oid)
         if not stat.S_ISLNK(a.mode):
             raise pyfuse3.FUSEError(errno.EINVAL)
         return bytes(a.target)
@@ -221,15 +243,15 @@ class LayerFS(pyfuse3.Operations):
             for sid in self.snapshotter.snapshot_ids():
                 view = self.snapshotter.view_of(sid)
                 if view is not None:
-                    a = self._call(self.tree.attr, view, ROOT_OID)
+                    a = self._call(view.attr, ROOT_OID)
                     entries.append((str(sid).encode(), sid, a))
         else:
             dir_view, oid = self._view(inode)
-            a = self._call(self.tree.attr, dir_view, oid)
+            a = self._call(dir_view.attr, oid)
             if not a.is_dir:
                 raise pyfuse3.FUSEError(errno.ENOTDIR)
             entries = [(n, dir_view.sid, x)
-                       for n, x in self._call(self.tree.listdir, dir_view, oid)]
+                       for n, x in self._call(dir_view.listdir, oid)]
         fh = self._next_fh
         self._next_fh += 1
         self._dirs[fh] = (dir_view, oid, entries)
@@ -237,12 +259,11 @@ class LayerFS(pyfuse3.Operations):
             return fh  # the mount's root: snapshots come and go through the API
         # The kernel keeps the listing (FOPEN_CACHE_DIR, kept across opens): it
         # drops it itself when it changes the directory, and the Applier,
-        # which changes it behind its back, invalidates it (layerfs/apply.py).
+        # which changes it behind its back, invalidates it (snapshots/apply.py).
         return pyfuse3.FileInfo(fh=fh, keep_cache=True, cache_readdir=True)
 
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         dir_view, dir_oid, entries = self._dirs[fh]
-        find = self.tree.find
         for i in range(start_id, len(entries)):
             name, sid, a = entries[i]
             if dir_view is None:
@@ -253,7 +274,7 @@ class LayerFS(pyfuse3.Operations):
                 # readdirplus makes the kernel cache each entry it is given:
                 # skip names removed or replaced since opendir.
                 view = dir_view
-                if find(view, dir_oid, name) != a.oid:
+                if view.find(dir_oid, name) != a.oid:
                     continue
             if not pyfuse3.readdir_reply(token, name, self._entry(view, a), i + 1):
                 break
@@ -344,12 +365,12 @@ class LayerFS(pyfuse3.Operations):
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
         try:
-            return self.tree.read(self._files[fh], off, size)
+            return self.files.read(self._files[fh], off, size)
         except OSError as e:
             raise pyfuse3.FUSEError(e.errno or errno.EIO) from None
 
     async def write(self, fh: int, off: int, buf: bytes) -> int:
-        return self._call(self.tree.write, self._files[fh], off, buf)
+        return self._call(self.files.write, self._files[fh], off, buf)
 
     async def flush(self, fh: int) -> None:
         # ENOSYS: the kernel sends no FLUSH again. Nothing is lost: every
@@ -363,7 +384,7 @@ class LayerFS(pyfuse3.Operations):
             self._call(self.tree.release, of)
 
     async def fsync(self, fh: int, datasync: bool) -> None:
-        self._call(self.tree.fsync, self._files[fh], datasync)
+        self._call(self.files.fsync, self._files[fh], datasync)
 
     # ----------------------------------------------------------------- xattrs, statfs
 
@@ -377,8 +398,8 @@ class LayerFS(pyfuse3.Operations):
         if inode == pyfuse3.ROOT_INODE:
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
         view, oid = self._view(inode)
-        a = self._call(self.tree.attr, view, oid)
-        value = self.tree.xattrs(view, a).get(name)
+        a = self._call(view.attr, oid)
+        value = view.xattrs(a).get(name)
         if value is None:
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
         return value
@@ -387,8 +408,8 @@ class LayerFS(pyfuse3.Operations):
         if inode == pyfuse3.ROOT_INODE:
             return []
         view, oid = self._view(inode)
-        a = self._call(self.tree.attr, view, oid)
-        return list(self.tree.xattrs(view, a))
+        a = self._call(view.attr, oid)
+        return list(view.xattrs(a))
 
     async def removexattr(self, inode: int, name: bytes, ctx: Any) -> None:
         if inode == pyfuse3.ROOT_INODE:

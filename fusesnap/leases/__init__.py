@@ -1,1 +1,1 @@
-"""Leases and garbage collection (spec §4, §8)."""
+"""Leases (spec §4); the garbage collector that honours them is fusesnap.gc (§8)."""

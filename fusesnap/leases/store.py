@@ -2,7 +2,7 @@
 
 A lease is a name for a set of references: content digests, ingest refs,
 image names and snapshot keys. Anything a lease references is a root for the
-garbage collector (fusesnap.leases.gc) while the lease exists and has not
+garbage collector (fusesnap.gc) while the lease exists and has not
 expired. A reference is only a record: the object need not exist.
 
 Requests that create objects under a lease (the ``containerd-lease`` header)
@@ -22,8 +22,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from fusesnap import filters
-from fusesnap.content import digests
+from fusesnap import digests, filters
 from fusesnap.errors import AlreadyExists, InvalidArgument, NotFound, NotImplementedYet
 from fusesnap.filters import quote
 from fusesnap.labels import clean

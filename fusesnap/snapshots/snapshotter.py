@@ -11,14 +11,14 @@ from __future__ import annotations
 import builtins
 import os
 import shutil
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from fusesnap import filters, labels
 from fusesnap.errors import FailedPrecondition
-from fusesnap.layerfs.tree import LayerTree, View
 from fusesnap.leases.store import Holder, LeaseStore
+from fusesnap.snapshots.layers import LayerTree, View
 from fusesnap.store.db import Database
 from fusesnap.store.metastore import Kind, MetaStore, SnapshotRecord
 
@@ -45,6 +45,10 @@ class Snapshotter:
         # Called with the id of a snapshot that disappeared (the FUSE layer
         # drops the kernel's cached entry for it).
         self.on_removed: list[Callable[[int], None]] = []
+        # Called with a snapshot's id and the (directory oid, name) entries
+        # something changed behind the mount's back (the Applier): the FUSE
+        # layer drops what the kernel cached of them.
+        self.on_changed: list[Callable[[int, Iterable[tuple[int, bytes]]], None]] = []
 
     # ------------------------------------------------------------------ helpers
 
@@ -64,6 +68,12 @@ class Snapshotter:
         above = self.tree.views.get(rec.parent_id) if rec.parent_id is not None else None
         chain = [sid, *above.chain] if above is not None else self.meta.chain(sid)
         return self.tree.open_view(sid, chain, rec.kind == Kind.ACTIVE)
+
+    def entries_changed(self, sid: int, keys: Iterable[tuple[int, bytes]]) -> None:
+        """Tell every :attr:`on_changed` hook that these entries of `sid` changed."""
+        keys = list(keys)
+        for hook in self.on_changed:
+            hook(sid, keys)
 
     def snapshot_ids(self) -> list[int]:
         return sorted(sid for sid, _ in self.meta.ids())

@@ -1,6 +1,6 @@
 """The SQLite database: schema, migrations and the one transaction helper.
 
-All access happens on the trio thread (DESIGN.md, concurrency model), so a
+All access happens on the trio thread (fusesnap/bridge.py), so a
 single connection serves the whole process. WAL with synchronous=NORMAL
 survives a killed process; every API mutation is one transaction, committed
 before the call returns.
@@ -74,7 +74,7 @@ CREATE TABLE IF NOT EXISTS inodes (
     ctime_ns INTEGER NOT NULL,
     target BLOB,
     data INTEGER,
-    -- Partial copy-up (layerfs/data.py): the layer whose bytes show through
+    -- Partial copy-up (snapshots/layers/data.py): the layer whose bytes show through
     -- the holes of this layer's backing file, and how many of them show.
     base INTEGER,
     base_size INTEGER,

@@ -40,8 +40,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from fusesnap.errors import FailedPrecondition
-from fusesnap.layerfs import data
-from fusesnap.layerfs.tree import ROOT_OID, Attr, LayerTree, View
+from fusesnap.snapshots.layers import ROOT_OID, Attr, LayerTree, View, data
 from fusesnap.store.metastore import Kind
 
 if TYPE_CHECKING:
@@ -70,7 +69,7 @@ class Entry:
     size: int = 0
     data: str | None = None
     lower: tuple[str, ...] = ()
-    """The rest of the data chain of a partial copy-up (layerfs/data.py)."""
+    """The rest of the data chain of a partial copy-up (snapshots/layers/data.py)."""
     lower_sizes: tuple[int, ...] = ()
     linkname: str = ""
     rdev: int = 0
@@ -164,7 +163,7 @@ def layer_diff(snapshotter: Snapshotter, key: str) -> LayerDiff:
 class _Collector:
     def __init__(self, tree: LayerTree, view: View) -> None:
         self.tree = tree
-        self.db = tree.db
+        self.rows = tree.rows
         self.view = view
         self.top = view.top
         self.dir_paths: dict[int, Path | None] = {ROOT_OID: ()}
@@ -179,10 +178,8 @@ class _Collector:
     def names(self, oid: int) -> list[Path]:
         """Every path of object `oid` in the view, sorted."""
         found = set()
-        for dir_oid, name in self.db.execute(
-            "SELECT DISTINCT dir, name FROM dentries WHERE oid = ? AND oid != 0", (oid,)
-        ):
-            if self.tree.find(self.view, dir_oid, name) != oid:
+        for dir_oid, name in self.rows.names_of(oid):
+            if self.view.find(dir_oid, name) != oid:
                 continue  # a lower name this view no longer has
             parent = self.dir_path(dir_oid)
             if parent is not None:
@@ -203,22 +200,10 @@ class _Collector:
 
     # ------------------------------------------------------------ the parent chain
 
-    def _lower_entry(self, dir_oid: int, name: bytes) -> int:
-        for layer, oid in self.db.execute(
-            "SELECT layer, oid FROM dentries WHERE dir = ? AND name = ? AND layer < ?"
-            " ORDER BY layer DESC", (dir_oid, name, self.top)
-        ):
-            if layer in self.view.rank:
-                return int(oid)
-        return 0
-
     def _lower_mode(self, oid: int) -> int | None:
-        for layer, mode in self.db.execute(
-            "SELECT layer, mode FROM inodes WHERE oid = ? AND layer < ? ORDER BY layer DESC",
-            (oid, self.top),
-        ):
-            if layer in self.view.rank:
-                return int(mode)
+        for row in self.rows.versions(oid, self.top - 1):
+            if row[1] in self.view.rank:
+                return int(row[2])
         return None
 
     def lower_at(self, path: Path) -> tuple[int, bool] | None:
@@ -231,7 +216,7 @@ class _Collector:
         dir_oid = self.lower_dirs[parent]
         if dir_oid is None:
             return None
-        oid = self._lower_entry(dir_oid, path[-1])
+        oid = self.view.probe(dir_oid, path[-1], below_top=True)
         if not oid:
             return None
         mode = self._lower_mode(oid)
@@ -243,17 +228,14 @@ class _Collector:
 
     def collect(self) -> LayerDiff:
         changed: set[int] = set()
-        for dir_oid, name, oid in self.db.all(
-            "SELECT dir, name, oid FROM dentries WHERE layer = ?", (self.top,)
-        ):
+        for dir_oid, name, oid in self.rows.entries_of(self.top):
             if oid:
                 changed.add(oid)
                 continue
             parent = self.dir_path(dir_oid)
             if parent is not None and self.lower_at((*parent, name)) is not None:
                 self.whiteouts.add((*parent, name))
-        changed.update(oid for (oid,) in self.db.all(
-            "SELECT oid FROM inodes WHERE layer = ? AND oid != ?", (self.top, ROOT_OID)))
+        changed.update(oid for oid in self.rows.objects_of(self.top) if oid != ROOT_OID)
         todo = sorted(changed)
         seen = set(todo)
         while todo:
@@ -269,7 +251,7 @@ class _Collector:
         chain has elsewhere (renamed here), return its children, which must
         be written too."""
         try:
-            a = self.tree.attr(self.view, oid)
+            a = self.view.attr(oid)
         except OSError:
             return []  # no version in this view (a row of an object going away)
         more: list[int] = []
@@ -284,7 +266,7 @@ class _Collector:
             if lower is not None and lower[1]:
                 self.opaque.add(path)
             if self._lower_mode(oid) is not None:
-                more += [child.oid for _, child in self.tree.listdir(self.view, oid)]
+                more += [child.oid for _, child in self.view.listdir(oid)]
         return more
 
     def entries(self) -> list[Entry]:
@@ -307,7 +289,7 @@ class _Collector:
             for i in range(1, len(path)):
                 parent = path[:i]
                 if parent not in keyed:
-                    a = self.tree.attr(self.view, self.dirs_at[parent])
+                    a = self.view.attr(self.dirs_at[parent])
                     entry = self.entry(parent, a, None)
                     assert entry is not None
                     keyed[parent] = entry
@@ -324,10 +306,10 @@ class _Collector:
             return None  # a socket
         xattrs = tuple(sorted(
             (XATTR_PREFIX + os.fsdecode(k), v.decode("utf-8", "surrogateescape"))
-            for k, v in self.tree.xattrs(self.view, a).items()))
+            for k, v in self.view.xattrs(a).items()))
         entry = replace(base, type=kind, xattrs=xattrs)
         if fmt == stat.S_IFREG and a.data is not None and a.size:
-            paths, sizes = self.tree.data_chain(a)
+            paths, sizes = self.tree.files.data_chain(a)
             return replace(entry, size=a.size, data=paths[0], lower=tuple(paths[1:]),
                            lower_sizes=tuple(sizes))
         if fmt == stat.S_IFLNK:

@@ -41,8 +41,8 @@ from pathlib import Path
 
 import trio
 
-from fusesnap.content.digests import parse
 from fusesnap.content.store import ContentStore
+from fusesnap.digests import parse
 from fusesnap.errors import InvalidArgument
 from fusesnap.leases.store import CONTENT, EXPIRE_LABEL, FLAT_LABEL, IMAGES, INGESTS, SNAPSHOTS
 from fusesnap.snapshots.snapshotter import Snapshotter

@@ -42,8 +42,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-import pyfuse3
-
 from fusesnap.errors import FailedPrecondition, InvalidArgument
 from fusesnap.images.layer import (
     CHUNK,
@@ -56,8 +54,7 @@ from fusesnap.images.layer import (
     member_xattrs,
     show_path,
 )
-from fusesnap.layerfs.ops import nodeid
-from fusesnap.layerfs.tree import ROOT_OID, LayerTree, View
+from fusesnap.snapshots.layers import ROOT_OID, LayerTree, View
 from fusesnap.snapshots.snapshotter import Snapshotter
 from fusesnap.store.metastore import Kind
 
@@ -70,7 +67,6 @@ STAGING = ".apply-"
 """Prefix of the staging and backup files an apply keeps in a layer directory
 (not digits: a start after a crash deletes them, tree.recover_layer)."""
 
-_TABLES = ("inodes", "dentries", "xattrs")
 _KINDS = {"file": stat.S_IFREG, "dir": stat.S_IFDIR, "symlink": stat.S_IFLNK,
           "fifo": stat.S_IFIFO, "char": stat.S_IFCHR, "block": stat.S_IFBLK}
 
@@ -215,14 +211,12 @@ class LayerWriter:
         self.touched: set[tuple[int, bytes]] = set()
         tree.flush(view)
         sid = view.top
-        self.saved = {t: tree.db.all(f"SELECT * FROM {t} WHERE layer = ?", (sid,))
-                      for t in _TABLES}
+        self.saved = tree.rows.layer_rows(sid)
         # Own data files an entry may unlink: kept as links until the end.
         self.own: list[int] = []
-        for (oid,) in tree.db.all("SELECT oid FROM inodes WHERE layer = ? AND data = ?",
-                                  (sid, sid)):
+        for oid in tree.rows.own_data(sid):
             with contextlib.suppress(FileNotFoundError):
-                os.link(tree.data_path(sid, oid), f"{backup}{oid}")
+                os.link(tree.files.data_path(sid, oid), f"{backup}{oid}")
                 self.own.append(oid)
 
     # ------------------------------------------------------------------ driving
@@ -254,24 +248,15 @@ class LayerWriter:
         view, tree = self.view, self.tree
         if view.alive and view.writable:
             sid = view.top
-            tree.discard_pending(sid)  # rows of the failed apply, not yet written
             with tree.db.transaction():
-                for t in _TABLES:
-                    tree.db.execute(f"DELETE FROM {t} WHERE layer = ?", (sid,))
-                for t, rows in self.saved.items():
-                    if rows:
-                        marks = ",".join("?" * len(rows[0]))
-                        tree.db.executemany(f"INSERT INTO {t} VALUES ({marks})", rows)
+                tree.rows.restore_layer(sid, self.saved)
             for oid in self.own:
-                os.replace(f"{self.backup}{oid}", tree.data_path(sid, oid))
+                os.replace(f"{self.backup}{oid}", tree.files.data_path(sid, oid))
             keep = set(self.own)
             for entry in os.scandir(tree.layers_dir / str(sid)):
                 if entry.name.isdigit() and int(entry.name) not in keep:
                     os.unlink(entry.path)
-            view.attrs.clear()
-            view.entries.clear()
-            view.complete.clear()
-            view.listings.clear()
+            view.clear()
             self._invalidate()
         discard(f"{self.backup}{oid}" for oid in self.own)
 
@@ -299,10 +284,10 @@ class LayerWriter:
             return
         parent = self._dir(parts[:-1], create=True)
         assert parent is not None
-        oid = self.tree.find(self.view, parent, parts[-1])
+        oid = self.view.find(parent, parts[-1])
         if oid:
             self.touched.add((parent, parts[-1]))
-            if e.what == "dir" and self.tree.attr(self.view, oid).is_dir:
+            if e.what == "dir" and self.view.attr(oid).is_dir:
                 self.dirs[parts] = oid
                 self._metadata(e, oid)
                 return
@@ -321,14 +306,14 @@ class LayerWriter:
         if parent is None:
             return None
         tree, view, name = self.tree, self.view, parts[-1]
-        oid = tree.find(view, parent, name)
+        oid = view.find(parent, name)
         if not oid:
             if not create:
                 return None
             oid = tree.make(view, parent, name, stat.S_IFDIR | 0o755, 0, 0).oid
             self.touched.add((parent, name))  # the kernel may remember it missing
         else:
-            a = tree.attr(view, oid)
+            a = view.attr(oid)
             if not a.is_dir:
                 kind = "a symlink" if stat.S_ISLNK(a.mode) else "not a directory"
                 raise LayerError(f"{_show(parts)} is {kind}; the layer writes below it")
@@ -338,11 +323,11 @@ class LayerWriter:
 
     def _remove(self, parts: Parts, parent: int) -> None:
         tree, view, name = self.tree, self.view, parts[-1]
-        oid = tree.find(view, parent, name)
+        oid = view.find(parent, name)
         if not oid:
             return
         self.touched.add((parent, name))
-        if tree.attr(view, oid).is_dir:
+        if view.attr(oid).is_dir:
             n = len(parts)
             for key in [k for k in self.dirs if k[:n] == parts]:
                 del self.dirs[key]
@@ -352,7 +337,7 @@ class LayerWriter:
             tree.unlink(view, parent, name)
 
     def _empty(self, dir_oid: int) -> None:
-        for name, a in self.tree.listdir(self.view, dir_oid):
+        for name, a in self.view.listdir(dir_oid):
             if a.is_dir:
                 self._empty(a.oid)
                 self.tree.rmdir(self.view, dir_oid, name)
@@ -364,7 +349,7 @@ class LayerWriter:
         oid = self._dir(parts, create=False)
         if oid is None:
             return
-        for name, a in self.tree.listdir(self.view, oid):
+        for name, a in self.view.listdir(oid):
             child = (*parts, name)
             if child not in self.unpacked:
                 self._remove(child, oid)
@@ -378,7 +363,7 @@ class LayerWriter:
             if not e.link:
                 raise LayerError(f"hard link {_show(e.parts)} to the root")
             tdir = self._dir(e.link[:-1], create=False)
-            target = tree.find(view, tdir, e.link[-1]) if tdir is not None else 0
+            target = view.find(tdir, e.link[-1]) if tdir is not None else 0
             if not target:
                 raise LayerError(f"hard link {_show(e.parts)} to {_show(e.link)}, "
                                  "which does not exist")
@@ -386,7 +371,7 @@ class LayerWriter:
         elif e.what == "file":
             oid = tree.make(view, parent, name, stat.S_IFREG | 0o600, e.uid, e.gid).oid
             assert e.staged is not None
-            os.rename(e.staged, tree.data_path(view.top, oid))
+            os.rename(e.staged, tree.files.data_path(view.top, oid))
             e.staged = None
         else:
             initial = 0o777 if e.what == "symlink" else 0o700 if e.what == "dir" else 0o600
@@ -414,7 +399,7 @@ class LayerWriter:
                          size=e.size if e.what == "file" else None,
                          atime_ns=e.mtime_ns, mtime_ns=e.mtime_ns)
         special = e.what not in ("file", "dir") and not (
-            e.what == "link" and stat.S_ISREG(tree.attr(view, oid).mode))
+            e.what == "link" and stat.S_ISREG(view.attr(oid).mode))
         for key, value in e.xattrs:
             refused = _refused(key, special)
             if refused:
@@ -432,25 +417,6 @@ def _refused(key: bytes, special: bool) -> int:
     if key.startswith(b"system.posix_acl_"):
         return errno.EOPNOTSUPP
     return 0
-
-
-def invalidate_kernel(sid: int, keys: Iterable[tuple[int, bytes]]) -> None:
-    """An :data:`Invalidate` for the daemon's mount: the snapshot root's
-    attributes, every entry named (queued: safe on the trio thread), and the
-    cached listing and attributes of every directory they are in (a
-    directory's pages, which never wait for a writeback)."""
-    try:
-        with contextlib.suppress(OSError):  # the kernel may not know the root yet
-            pyfuse3.invalidate_inode(nodeid(sid, ROOT_OID), attr_only=True)
-        dirs = set()
-        for dir_oid, name in keys:
-            pyfuse3.invalidate_entry_async(nodeid(sid, dir_oid), name, ignore_enoent=True)
-            dirs.add(dir_oid)
-        for dir_oid in dirs:
-            with contextlib.suppress(OSError):  # one the kernel never saw
-                pyfuse3.invalidate_inode(nodeid(sid, dir_oid))
-    except Exception:  # the mount may not be up (tests, shutdown)
-        log.debug("could not invalidate entries of snapshot %d", sid, exc_info=True)
 
 
 Run = Callable[..., Any]
@@ -477,10 +443,12 @@ class Applier:
     thread, which `run` reaches (see the module docstring)."""
 
     def __init__(self, snapshotter: Snapshotter, run: Run,
-                 invalidate: Invalidate | None = invalidate_kernel) -> None:
+                 invalidate: Invalidate | None = None) -> None:
         self.snapshotter = snapshotter
         self.run = run
-        self.invalidate = invalidate
+        # By default, whatever keeps a copy of the snapshots' entries (the
+        # FUSE adapter: the kernel's caches) is told (Snapshotter.on_changed).
+        self.invalidate = invalidate or snapshotter.entries_changed
 
     def apply(self, key: str, source: IO[bytes], expected_diff_id: str = "") -> Applied:
         """Apply the layer read from `source` to active snapshot `key`.

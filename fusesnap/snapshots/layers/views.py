@@ -1,0 +1,223 @@
+"""Views and their caches: a snapshot's merged view of its chain of layers.
+
+A view answers what the mount asks most (an object's attributes, the object a
+name names, a directory's listing) from memory when it has seen them, and
+from one indexed query of rows.py when not. Only the top layer of an active
+view ever changes, and no other view has that layer in its chain, so a view's
+caches need no invalidation from other views.
+
+The caches are bounded, least recently used first out, so that a view of a
+million files does not hold them all: at most :data:`CACHE_LIMIT` objects,
+twice as many names, and :data:`CACHE_LIMIT` entries of listings. An object
+evicted while something else holds it (an open file, a change not yet
+written, a cached listing) is found again by identity, not read back from
+the database: one view never has two copies of an object.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import weakref
+from collections import OrderedDict
+
+from fusesnap.snapshots.layers.rows import WHITEOUT, Attr, Rows, fs_error
+
+CACHE_LIMIT = int(os.environ.get("FUSESNAP_VIEW_CACHE", "65536"))
+"""Objects a view keeps in memory (FUSESNAP_VIEW_CACHE; at least 16)."""
+
+
+class View:
+    """A snapshot's merged view: its chain of layers, newest first, and caches."""
+
+    def __init__(self, rows: Rows, sid: int, chain: list[int], writable: bool,
+                 limit: int = CACHE_LIMIT) -> None:
+        self.rows = rows
+        self.sid = sid
+        self.chain = chain
+        self.rank = {layer: i for i, layer in enumerate(chain)}
+        self.writable = writable
+        self.alive = True
+        self.limit = max(16, limit)
+        self.attrs: OrderedDict[int, Attr] = OrderedDict()
+        # Every object of this view something still holds, by oid.
+        self._held: weakref.WeakValueDictionary[int, Attr] = weakref.WeakValueDictionary()
+        self.entries: OrderedDict[tuple[int, bytes], int] = OrderedDict()
+        # Directories all of whose entries are in `entries` (listed, or made in
+        # this view): a name not there is not in the directory, with no query.
+        self.complete: set[int] = set()
+        # Merged directory listings; an entry change in the top layer drops its
+        # directory's (set_entry), lower layers never change.
+        self.listings: OrderedDict[int, list[tuple[bytes, Attr]]] = OrderedDict()
+        self._listed = 0
+
+    @property
+    def top(self) -> int:
+        return self.sid
+
+    # ----------------------------------------------------------------- reading
+
+    def attr(self, oid: int) -> Attr:
+        """The effective attributes of `oid`; ENOENT if it has none."""
+        attrs = self.attrs
+        a = attrs.get(oid)
+        if a is not None:
+            attrs.move_to_end(oid)
+            return a
+        a = self._held.get(oid)
+        if a is None:
+            rank = self.rank
+            for row in self.rows.versions(oid, self.top):
+                if row[1] in rank:
+                    a = Attr(row)
+                    break
+            else:
+                raise fs_error(errno.ENOENT)
+        self.remember(a)
+        return a
+
+    def probe(self, dir_oid: int, name: bytes, below_top: bool = False) -> int:
+        """The entry the topmost layer of the chain (below the top one, if
+        asked) has for (dir, name), from the database."""
+        rank = self.rank
+        for layer, oid in self.rows.entry(dir_oid, name,
+                                          self.top - 1 if below_top else self.top):
+            if layer in rank:
+                return int(oid)
+        return WHITEOUT
+
+    def find(self, dir_oid: int, name: bytes) -> int:
+        """The oid `name` names in directory `dir_oid`, or 0."""
+        key = (dir_oid, name)
+        entries = self.entries
+        oid = entries.get(key)
+        if oid is not None:
+            entries.move_to_end(key)
+            return oid
+        if dir_oid in self.complete:
+            return WHITEOUT
+        oid = self.probe(dir_oid, name)
+        self._name(key, oid)
+        return oid
+
+    def lookup(self, dir_oid: int, name: bytes) -> Attr:
+        oid = self.find(dir_oid, name)
+        if not oid:
+            raise fs_error(errno.ENOENT)
+        return self.attr(oid)
+
+    def dir(self, oid: int) -> Attr:
+        """The attributes of directory `oid`; ENOTDIR if it is something else."""
+        d = self.attr(oid)
+        if not d.is_dir:
+            raise fs_error(errno.ENOTDIR)
+        return d
+
+    def listdir(self, dir_oid: int) -> list[tuple[bytes, Attr]]:
+        """The merged entries of a directory, sorted by name, attributes loaded
+        in bulk. Callers only read the list."""
+        cached = self.listings.get(dir_oid)
+        if cached is not None:
+            self.listings.move_to_end(dir_oid)
+            return cached
+        best: dict[bytes, tuple[int, int]] = {}
+        depth = len(self.chain)
+        rank = self.rank
+        for name, layer, oid in self.rows.entries_in(dir_oid):
+            r = rank.get(layer)
+            if r is not None and r < best.get(name, (depth, 0))[0]:
+                best[name] = (r, oid)
+        for name, (_, oid) in best.items():
+            self._name((dir_oid, name), oid)
+        if len(best) <= 2 * self.limit:
+            # Its names are the newest in `entries`: none was evicted.
+            self.complete.add(dir_oid)
+        found = self._load([oid for _, oid in best.values() if oid])
+        out = []
+        for name in sorted(best):
+            oid = best[name][1]
+            if oid:
+                a = found.get(oid)
+                if a is not None:
+                    out.append((name, a))
+        if len(out) <= self.limit:
+            self.listings[dir_oid] = out
+            self._listed += len(out)
+            while self._listed > self.limit:
+                self._listed -= len(self.listings.popitem(last=False)[1])
+        return out
+
+    def _load(self, oids: list[int]) -> dict[int, Attr]:
+        """The attributes of `oids` (those that have some in this view), the
+        ones not in memory read in bulk."""
+        found: dict[int, Attr] = {}
+        missing = []
+        for oid in set(oids):
+            a = self.attrs.get(oid) or self._held.get(oid)
+            if a is None:
+                missing.append(oid)
+            else:
+                found[oid] = a
+        depth = len(self.chain)
+        rank = self.rank
+        best: dict[int, tuple[int, tuple]] = {}
+        for row in self.rows.versions_of(missing):
+            r = rank.get(row[1])
+            if r is not None and r < best.get(row[0], (depth, ()))[0]:
+                best[row[0]] = (r, row)
+        for oid, (_, row) in best.items():
+            found[oid] = Attr(row)
+        for a in found.values():
+            self.remember(a)
+        return found
+
+    def is_empty_dir(self, dir_oid: int) -> bool:
+        return not self.listdir(dir_oid)
+
+    def xattrs(self, a: Attr) -> dict[bytes, bytes]:
+        if a.xattrs is None:
+            a.xattrs = self.rows.xattrs(a.oid, a.layer)
+        return a.xattrs
+
+    # ----------------------------------------------------------------- what changes tell it
+
+    def remember(self, a: Attr) -> None:
+        """Keep `a` as the object `a.oid` of this view."""
+        attrs = self.attrs
+        attrs[a.oid] = a
+        attrs.move_to_end(a.oid)
+        self._held[a.oid] = a
+        if len(attrs) > self.limit:
+            attrs.popitem(last=False)
+
+    def forget(self, oid: int) -> None:
+        """Object `oid` is gone from this view's top layer."""
+        self.attrs.pop(oid, None)
+        self._held.pop(oid, None)
+
+    def set_entry(self, dir_oid: int, name: bytes, oid: int) -> None:
+        """(dir, name) now names `oid` (0: nothing)."""
+        self._name((dir_oid, name), oid)
+        lst = self.listings.pop(dir_oid, None)
+        if lst is not None:
+            self._listed -= len(lst)
+
+    def made_dir(self, oid: int) -> None:
+        """`oid` is a new directory: no layer has entries in it."""
+        self.complete.add(oid)
+
+    def _name(self, key: tuple[int, bytes], oid: int) -> None:
+        entries = self.entries
+        entries[key] = oid
+        entries.move_to_end(key)
+        if len(entries) > 2 * self.limit:
+            self.complete.discard(entries.popitem(last=False)[0][0])
+
+    def clear(self) -> None:
+        """Drop every cache (the layer's rows were put back behind them)."""
+        self.attrs.clear()
+        self._held = weakref.WeakValueDictionary()
+        self.entries.clear()
+        self.complete.clear()
+        self.listings.clear()
+        self._listed = 0
