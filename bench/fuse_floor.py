@@ -6,7 +6,9 @@ Prints, from one run:
 
 1. a pipe ping-pong between two processes (one byte each way): the cost of
    waking a process that sleeps, with both free to run on any CPU, both
-   pinned to one CPU, and with the server polling instead of sleeping;
+   pinned to one CPU, and with the server polling instead of sleeping; and
+   a plain open(O_CREAT)+close in the working directory, no FUSE (what
+   making a backing file costs fusesnap's CREATE, and a create natively);
 2. LOOKUP of a missing name with pyfuse3's busy polling off (poll 0 µs,
    patches/pyfuse3/0002), on the minimal file system and on fusesnap (the
    "new dir" row below, in a view with no parent);
@@ -626,6 +628,21 @@ def _per_op(r: Result) -> str:
     return ", ".join(shown) or "none"
 
 
+def plain_create(workdir: Path, n: int, reps: int) -> float:
+    """µs per open(O_CREAT)+close of a new file in a new directory of
+    `workdir`, no FUSE: the median of `reps` runs."""
+    runs = []
+    for r in range(reps):
+        d = workdir / f"plain-{r}"
+        d.mkdir()
+        t = time.perf_counter()
+        for i in range(n):
+            os.close(os.open(d / str(i), os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600))
+        runs.append((time.perf_counter() - t) / n * 1e6)
+        shutil.rmtree(d)
+    return sorted(runs)[len(runs) // 2]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=2000, help="operations per loop")
@@ -654,6 +671,8 @@ def main() -> int:
             print(f"pipe ping-pong, two CPUs             {ping_pong(n, 1, 0, False):8.1f} µs")
         print(f"pipe ping-pong, one CPU              {ping_pong(n, 0, 0, False):8.1f} µs")
         print(f"pipe ping-pong, server polling       {ping_pong(n, None, None, True):8.1f} µs")
+        print(f"plain create+close in the workdir    {plain_create(workdir, n, reps):8.1f} µs"
+              "   (what making a backing file costs, and native's create)")
 
         poll0 = [ROWS[0]]
         mini0 = _median(minimal(workdir, poll0, n, reps, 0), poll0[0].label)

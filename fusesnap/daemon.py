@@ -183,7 +183,7 @@ async def serve(config: Config) -> None:
     reuse_megabyte_buffers()
     space = Space(config.root)
     space.poll()  # on a full disk, free the reserve before recovery writes
-    db = Database(config.root / "metadata.db")
+    db = Database(config.root / "metadata.db", exclusive=True)
     db.on_full = space.exhausted
     try:
         tree = LayerTree(db, config.root / "layers", space)
@@ -212,7 +212,9 @@ async def serve(config: Config) -> None:
                 raise StartupError(str(e)) from None
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(fuse.serve)
+                    # "serving" once the mount answers (and the gRPC server is up).
+                    nursery.start_soon(fuse.serve, config.mountpoint,
+                                       lambda: log.info("serving"))
                     committer = trio.CancelScope()
                     nursery.start_soon(_run_in, committer, _GroupCommitter(db).run)
                     watch = trio.CancelScope()
@@ -221,7 +223,6 @@ async def serve(config: Config) -> None:
                     if config.role is Role.DIRECT:
                         nursery.start_soon(_run_in, background_gc, collector.run)
                     server.start()
-                    log.info("serving")
                     async for signum in signals:
                         log.info("%s: stopping", signal.Signals(signum).name)
                         break

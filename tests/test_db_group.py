@@ -105,3 +105,19 @@ def test_closing_commits_the_open_group(tmp_path):
         db.execute("INSERT INTO t VALUES (7)")
     db.close()
     assert committed(db) == [7]
+
+
+def test_the_daemons_database_is_its_own_while_open(tmp_path: Path) -> None:
+    db = Database(tmp_path / "metadata.db", exclusive=True)
+    with db.transaction():
+        db.execute("CREATE TABLE t (v INTEGER)")
+        db.execute("INSERT INTO t VALUES (1)")
+    assert db.all("SELECT v FROM t") == [(1,)]
+    other = sqlite3.connect(db.path, timeout=0)
+    try:
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            other.execute("SELECT v FROM t").fetchall()
+        db.close()
+        assert other.execute("SELECT v FROM t").fetchall() == [(1,)]  # kept, and free again
+    finally:
+        other.close()

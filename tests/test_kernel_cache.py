@@ -128,3 +128,21 @@ def test_busy_poll_flag_is_checked() -> None:
                          capture_output=True, text=True)
     assert out.returncode == 2
     assert "expected a whole number of microseconds" in out.stderr
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="the mount's readahead is set through sysfs, "
+                    "which only root may write")
+def test_a_sequential_read_reaches_the_daemon_in_mebibyte_requests(daemon: Daemon) -> None:
+    work = daemon.prepare("readahead")
+    data = os.urandom(8 << 20)
+    (work / "big").write_bytes(data)
+    fd = os.open(work / "big", os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # the mount's pages of it
+        counts(daemon)
+        got = b"".join(iter(lambda: os.read(fd, 1 << 20), b""))
+    finally:
+        os.close(fd)
+    assert got == data
+    reads = counts(daemon).get("READ", 0)
+    assert 0 < reads <= 16  # 64 at the kernel's default 128 KiB

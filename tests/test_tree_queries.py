@@ -97,3 +97,24 @@ def test_an_object_evicted_while_open_stays_the_one_object(
     assert seen == []
     tree.release(of)
     assert os.path.getsize(tree.files.data_path(view.top, a.oid)) == 5000
+
+
+def test_a_lower_name_seen_first_costs_one_statement_with_its_attributes(
+        store: tuple[Database, LayerTree, View], tmp_path: Path) -> None:
+    db, tree, view = store
+    a = tree.make(view, ROOT_OID, b"lower", stat.S_IFREG | 0o640, 7, 8)
+    tree.make(view, ROOT_OID, b"gone", stat.S_IFREG | 0o644, 0, 0)
+    snapshotter = Snapshotter(db, tree, tmp_path / "mnt", (0, 0))
+    snapshotter.commit("base", "work", {})
+    snapshotter.prepare("top", "base", {})
+    top = snapshotter.view_of(max(snapshotter.snapshot_ids()))
+    assert top is not None
+    tree.unlink(top, ROOT_OID, b"gone")  # a whiteout above the lower entry
+    tree.sync()
+    top.clear()
+    seen = statements(db)
+    oid = top.find(ROOT_OID, b"lower")
+    b = top.attr(oid)
+    assert (oid, b.mode, b.uid, b.gid) == (a.oid, stat.S_IFREG | 0o640, 7, 8)
+    assert top.find(ROOT_OID, b"gone") == 0
+    assert len(seen) == 2  # one per name; the attributes came with the first

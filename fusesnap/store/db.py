@@ -7,9 +7,9 @@ before the call returns.
 
 Filesystem operations are grouped instead (:meth:`Database.group`), as a
 journaling filesystem groups its metadata changes: each is atomic on its own
-(a savepoint), and a group of them is committed together, by the daemon within
-:data:`GROUP_WINDOW` seconds of the first, at an fsync, and before any other
-transaction. A killed daemon loses at most the last group's changes, whole, as
+(one that fails is undone alone), and a group of them is committed together,
+by the daemon within :data:`GROUP_WINDOW` seconds of the first, at an fsync,
+and before any other transaction. A killed daemon loses at most the last group's changes, whole, as
 a crashed filesystem loses what was not yet fsynced.
 """
 
@@ -221,9 +221,15 @@ class Database:
     ResourceExhausted, having changed nothing.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, exclusive: bool = False) -> None:
+        """With `exclusive` (the daemon's), the connection keeps its file
+        locks for its life, as containerd keeps its bolt database: no other
+        process can open the database meanwhile, and a statement outside a
+        transaction takes no lock (two fcntl calls, about 3 µs, each)."""
         self.path = path
         self.conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        if exclusive:
+            self.conn.execute("PRAGMA locking_mode=EXCLUSIVE")
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=NORMAL")
         self.conn.execute("PRAGMA foreign_keys=OFF")

@@ -30,6 +30,7 @@ _INODE_COLUMNS = (
     "oid, layer, mode, uid, gid, rdev, nlink, size, atime_ns, mtime_ns, ctime_ns, target, data,"
     " base, base_size, blocks"
 )
+_JOINED_COLUMNS = ", ".join(f"i.{c}" for c in _INODE_COLUMNS.replace(" ", "").split(","))
 _INSERT_INODE = f"INSERT INTO inodes ({_INODE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
 # An insert or an update, so that the usage triggers see which (a REPLACE
 # would count an update as one more object).
@@ -118,6 +119,18 @@ class Rows:
         return self.db.execute(
             "SELECT layer, oid FROM dentries WHERE dir = ? AND name = ? AND layer <= ?"
             " ORDER BY layer DESC", (dir_oid, name, highest))
+
+    def entry_and_versions(self, dir_oid: int, name: bytes,
+                           highest: int) -> Iterator[tuple]:
+        """:meth:`entry` joined with :meth:`versions` of the oid each names:
+        (entry layer, entry oid, *inode row or NULLs), newest entry first and
+        within it newest version first. One statement for a lookup of a name
+        not seen yet."""
+        return self.db.execute(
+            f"SELECT d.layer, d.oid, {_JOINED_COLUMNS} FROM dentries d"
+            " LEFT JOIN inodes i ON i.oid = d.oid AND i.layer <= ?"
+            " WHERE d.dir = ? AND d.name = ? AND d.layer <= ?"
+            " ORDER BY d.layer DESC, i.layer DESC", (highest, dir_oid, name, highest))
 
     def entries_in(self, dir_oid: int) -> list[tuple[bytes, int, int]]:
         """(name, layer, oid) of every layer's entries of a directory."""

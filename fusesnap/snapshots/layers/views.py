@@ -40,7 +40,8 @@ class View:
         self.alive = True
         self.limit = max(16, limit)
         self.attrs: OrderedDict[int, Attr] = OrderedDict()
-        # Every object of this view something still holds, by oid.
+        # Objects evicted from `attrs`, for as long as something else holds
+        # them (an open file, a row not yet written, a listing), by oid.
         self._held: weakref.WeakValueDictionary[int, Attr] = weakref.WeakValueDictionary()
         self.entries: OrderedDict[tuple[int, bytes], int] = OrderedDict()
         # Directories all of whose entries are in `entries` (listed, or made in
@@ -96,7 +97,24 @@ class View:
             return oid
         if dir_oid in self.complete:
             return WHITEOUT
-        oid = self.probe(dir_oid, name)
+        # One statement finds the entry and the object's version with it: a
+        # lookup's attributes then come from memory.
+        rank = self.rank
+        oid = WHITEOUT
+        found = None
+        for row in self.rows.entry_and_versions(dir_oid, name, self.top):
+            if found is None:
+                if row[0] not in rank:
+                    continue
+                found = row[0]
+                oid = int(row[1])
+                if not oid or oid in self.attrs or oid in self._held:
+                    break
+            elif row[0] != found:
+                break
+            if row[3] in rank:
+                self.remember(Attr(row[2:]))
+                break
         self._name(key, oid)
         return oid
 
@@ -186,9 +204,9 @@ class View:
         attrs = self.attrs
         attrs[a.oid] = a
         attrs.move_to_end(a.oid)
-        self._held[a.oid] = a
         if len(attrs) > self.limit:
-            attrs.popitem(last=False)
+            oid, old = attrs.popitem(last=False)
+            self._held[oid] = old  # gone at once unless something holds it
 
     def forget(self, oid: int) -> None:
         """Object `oid` is gone from this view's top layer."""
