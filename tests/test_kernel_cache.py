@@ -146,3 +146,14 @@ def test_a_sequential_read_reaches_the_daemon_in_mebibyte_requests(daemon: Daemo
     assert got == data
     reads = counts(daemon).get("READ", 0)
     assert 0 < reads <= 16  # 64 at the kernel's default 128 KiB
+
+
+def test_a_symlink_is_read_from_the_daemon_once(daemon: Daemon) -> None:
+    work = daemon.prepare("symlink")
+    (work / "target").write_bytes(b"t")
+    os.symlink("target", work / "link")
+    counts(daemon)
+    for _ in range(20):
+        assert os.readlink(work / "link") == "target"
+        assert (work / "link").read_bytes() == b"t"  # followed
+    assert counts(daemon).get("READLINK") == 1

@@ -183,6 +183,7 @@ def test_installed_pyfuse3_is_the_patched_build() -> None:
             "(patches/pyfuse3/): run ./vagrant/provision.sh (make setup) to build it")
     assert (info.cache_readdir, info.noflush) == (False, False)
     assert pyfuse3.FileInfo(fh=7, cache_readdir=True, noflush=True).cache_readdir is True
+    assert pyfuse3.Operations.enable_symlink_caching is False  # patch 0003, off by default
 
 
 def test_busy_poll_is_set_in_nanoseconds_never_negative() -> None:

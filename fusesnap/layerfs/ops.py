@@ -74,6 +74,9 @@ class LayerFS(pyfuse3.Operations):
     # and writes buffered in the kernel would be invisible to a Commit.
     enable_writeback_cache = False
     enable_acl = False
+    # A symlink object's target never changes (patches/pyfuse3/0003): the
+    # kernel keeps it, and following a link sends no READLINK.
+    enable_symlink_caching = True
 
     def __init__(self, snapshotter: Snapshotter, stats: FuseStats | None = None) -> None:
         super().__init__()
