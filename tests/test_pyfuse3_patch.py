@@ -194,6 +194,14 @@ def test_busy_poll_is_set_in_nanoseconds_never_negative() -> None:
         pyfuse3.set_busy_poll(-1)
 
 
+def test_checkpoint_interval_is_set_in_nanoseconds_never_negative() -> None:
+    # Patch 0004: how long the loop may serve queued requests without
+    # letting other trio tasks run.
+    pyfuse3.set_checkpoint_interval(1_000_000)
+    with pytest.raises(ValueError):
+        pyfuse3.set_checkpoint_interval(-1)
+
+
 # --- cache_readdir on opendir's reply ------------------------------------------------
 
 

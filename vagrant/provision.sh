@@ -99,7 +99,8 @@ fi
 
 # pyfuse3, built from its source release with our patches applied in order
 # (patches/pyfuse3/*.patch; its README says what each does): the release cannot
-# set cache_readdir or noflush on an open reply, nor ask to cache symlinks. Cython regenerates the C code,
+# set cache_readdir or noflush on an open reply, nor ask to cache symlinks, and
+# it takes two trio scheduler passes per request. Cython regenerates the C code,
 # the Cython that generated the release's own C file. Cython and setuptools live
 # in a throw-away build environment, so the virtual environment gets the wheel
 # alone. Its local version (+fusesnapN) satisfies the package's `pyfuse3>=3.3`,
@@ -107,7 +108,7 @@ fi
 # Cython and the patches' digest: a change to any of them rebuilds (about a minute).
 pyfuse3_version=3.5.0
 pyfuse3_sdist_sha256=88399a9494b88603230bba300f4ba9ad63fece5ed514ca3633d555a0c6a42b24
-pyfuse3_local=fusesnap2
+pyfuse3_local=fusesnap3
 cython_version=3.2.4
 patches=()
 for p in "$repo"/patches/pyfuse3/*.patch; do

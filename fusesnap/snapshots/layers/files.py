@@ -117,6 +117,9 @@ class Files:
             handles.remove(of)
         if not handles:
             self._open.pop(key, None)
+        a = of.attr
+        if of.fd >= 0 and a.blocks is None and key in self._dirty and a.data == of.view.top:
+            a.blocks = os.fstat(of.fd).st_blocks  # what measure() would stat by path
         of.close()
         return not handles
 
