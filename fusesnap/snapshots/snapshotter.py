@@ -83,12 +83,21 @@ class Snapshotter:
     def _create(self, key: str, parent: str, kind: Kind, lbls: Mapping[str, str],
                 holder: Holder | None) -> list[Mount]:
         labels.validate(lbls)
-        with self.db.transaction():
-            self.leases.check(holder)
-            rec = self.meta.create(key, parent, kind, labels.clean(lbls))
-            self.tree.create_layer(rec.id, None if parent else self.owner)
-            if holder is not None:
-                self.leases.hold(holder, holder.snapshot(key))
+        made = None
+        try:
+            with self.db.transaction():
+                self.leases.check(holder)
+                rec = self.meta.create(key, parent, kind, labels.clean(lbls))
+                made = rec.id
+                self.tree.create_layer(rec.id, None if parent else self.owner)
+                if holder is not None:
+                    self.leases.hold(holder, holder.snapshot(key))
+        except BaseException:
+            # The records are rolled back; the layer's directory goes with them
+            # (ids are never reused, so nothing else can have it).
+            if made is not None:
+                self.tree.remove_layer_data(made)
+            raise
         return self._mounts(rec)
 
     def prepare(self, key: str, parent: str, lbls: Mapping[str, str],
