@@ -14,19 +14,13 @@ import pytest
 from fusesnap.snapshots.layers import ROOT_OID, LayerTree, View
 from fusesnap.snapshots.snapshotter import Snapshotter
 from fusesnap.store.db import Database
-from fusesnap.store.space import Space
+from tests.layer_store import layer_store
 
 
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[tuple[Database, LayerTree, View]]:
-    db = Database(tmp_path / "metadata.db")
-    tree = LayerTree(db, tmp_path / "layers", Space(tmp_path))
-    snapshotter = Snapshotter(db, tree, tmp_path / "mnt", (0, 0))
-    snapshotter.prepare("work", "", {})
-    view = snapshotter.view_of(max(snapshotter.snapshot_ids()))
-    assert view is not None
-    yield db, tree, view
-    db.close()
+    with layer_store(tmp_path) as s:
+        yield s.db, s.tree, s.view
 
 
 def statements(db: Database) -> list[str]:
@@ -104,7 +98,7 @@ def test_a_lower_name_seen_first_costs_one_statement_with_its_attributes(
     db, tree, view = store
     a = tree.make(view, ROOT_OID, b"lower", stat.S_IFREG | 0o640, 7, 8)
     tree.make(view, ROOT_OID, b"gone", stat.S_IFREG | 0o644, 0, 0)
-    snapshotter = Snapshotter(db, tree, tmp_path / "mnt", (0, 0))
+    snapshotter = Snapshotter(db, tree, tmp_path / "mnt", (0, 0))  # a second one, as a restart
     snapshotter.commit("base", "work", {})
     snapshotter.prepare("top", "base", {})
     top = snapshotter.view_of(max(snapshotter.snapshot_ids()))
@@ -118,3 +112,54 @@ def test_a_lower_name_seen_first_costs_one_statement_with_its_attributes(
     assert (oid, b.mode, b.uid, b.gid) == (a.oid, stat.S_IFREG | 0o640, 7, 8)
     assert top.find(ROOT_OID, b"gone") == 0
     assert len(seen) == 2  # one per name; the attributes came with the first
+
+
+def test_a_directory_probed_for_many_names_is_read_whole_once_that_pays(
+        store: tuple[Database, LayerTree, View], tmp_path: Path) -> None:
+    db, tree, view = store
+    d = tree.make(view, ROOT_OID, b"lib", stat.S_IFDIR | 0o755, 0, 0)
+    for i in range(100):
+        tree.make(view, d.oid, b"there-%d" % i, stat.S_IFREG | 0o644, i, 0)
+    tree.unlink(view, d.oid, b"there-7")
+    snapshotter = Snapshotter(db, tree, tmp_path / "mnt", (0, 0))  # a second one, as a restart
+    snapshotter.commit("base", "work", {})
+    snapshotter.prepare("top", "base", {})
+    top = snapshotter.view_of(max(snapshotter.snapshot_ids()))
+    assert top is not None
+    tree.unlink(top, d.oid, b"there-3")  # a whiteout in the top layer
+    tree.make(top, d.oid, b"new", stat.S_IFREG | 0o644, 0, 0)
+    tree.sync()
+    top.clear()
+    seen = statements(db)
+    assert top.find(d.oid, b"missing-0") == 0
+    assert len(seen) == 1  # one lookup in a directory not seen: one statement
+    for i in range(1, 1000):
+        assert top.find(d.oid, b"missing-%d" % i) == 0
+    # Tried whole at the 2nd, 4th, ... 16th miss (101 entries > 8 x 8), read
+    # whole at the 16th: 16 lookups, 4 tries, then none.
+    assert len(seen) <= 16 + 4
+    assert d.oid in top.complete
+    seen.clear()
+    assert top.find(d.oid, b"there-3") == 0  # the whiteout
+    assert top.find(d.oid, b"there-7") == 0  # gone before the commit
+    assert top.find(d.oid, b"new") != 0
+    assert seen == []
+    assert top.attr(top.find(d.oid, b"there-42")).uid == 42
+    assert len(seen) == 1  # a name found: its attributes, one statement
+    assert [name for name, _ in top.listdir(d.oid)] == sorted(
+        [b"new"] + [b"there-%d" % i for i in range(100) if i not in (3, 7)])
+
+
+def test_one_lookup_in_a_large_directory_reads_no_more_than_its_name(
+        store: tuple[Database, LayerTree, View]) -> None:
+    db, tree, view = store
+    d = tree.make(view, ROOT_OID, b"big", stat.S_IFDIR | 0o755, 0, 0)
+    for i in range(200):
+        tree.make(view, d.oid, b"f%d" % i, stat.S_IFREG | 0o644, 0, 0)
+    tree.sync()
+    view.clear()
+    seen = statements(db)
+    assert view.find(d.oid, b"f1") != 0
+    assert view.find(d.oid, b"nope") == 0  # 2nd name: a try, LIMIT 17, fails
+    assert len(seen) == 3 and "LIMIT" in seen[1]  # the try, then the name
+    assert d.oid not in view.complete

@@ -132,9 +132,11 @@ class Rows:
             " WHERE d.dir = ? AND d.name = ? AND d.layer <= ?"
             " ORDER BY d.layer DESC, i.layer DESC", (highest, dir_oid, name, highest))
 
-    def entries_in(self, dir_oid: int) -> list[tuple[bytes, int, int]]:
-        """(name, layer, oid) of every layer's entries of a directory."""
-        return self.db.all("SELECT name, layer, oid FROM dentries WHERE dir = ?", (dir_oid,))
+    def entries_in(self, dir_oid: int, limit: int = -1) -> list[tuple[bytes, int, int]]:
+        """(name, layer, oid) of every layer's entries of a directory (at most
+        `limit` of them if that is not negative)."""
+        return self.db.all("SELECT name, layer, oid FROM dentries WHERE dir = ? LIMIT ?",
+                           (dir_oid, limit))
 
     def names_of(self, oid: int) -> list[tuple[int, bytes]]:
         """(dir, name) of every layer's entries naming `oid`."""

@@ -26,6 +26,11 @@ from fusesnap.snapshots.layers.rows import WHITEOUT, Attr, Rows, fs_error
 CACHE_LIMIT = int(os.environ.get("FUSESNAP_VIEW_CACHE", "65536"))
 """Objects a view keeps in memory (FUSESNAP_VIEW_CACHE; at least 16)."""
 
+WHOLE_PER_PROBE = 8
+"""Entries read whole per name looked up one by one (View._list_whole): read
+together, a directory's entries (names only) cost about a tenth of a lookup
+each (1.1 µs against 13 µs, in memory)."""
+
 
 class View:
     """A snapshot's merged view: its chain of layers, newest first, and caches."""
@@ -51,6 +56,8 @@ class View:
         # directory's (set_entry), lower layers never change.
         self.listings: OrderedDict[int, list[tuple[bytes, Attr]]] = OrderedDict()
         self._listed = 0
+        # Names not known looked up in each directory not known whole.
+        self._probes: dict[int, int] = {}
 
     @property
     def top(self) -> int:
@@ -97,6 +104,8 @@ class View:
             return oid
         if dir_oid in self.complete:
             return WHITEOUT
+        if self._list_whole(dir_oid):
+            return entries.get(key, WHITEOUT)
         # One statement finds the entry and the object's version with it: a
         # lookup's attributes then come from memory.
         rank = self.rank
@@ -131,6 +140,47 @@ class View:
             raise fs_error(errno.ENOTDIR)
         return d
 
+    def _list_whole(self, dir_oid: int) -> bool:
+        """Read the names of directory `dir_oid` whole when that costs no more
+        than the lookups it has had one by one: at its 2nd, 4th, 8th... name
+        not known, if all its layers' entries number at most
+        :data:`WHOLE_PER_PROBE` times that. True if the directory is now
+        known whole: a name not there is missing, with no statement. A create
+        of many files, or a program probing a directory for names (imports,
+        the dynamic loader, PATH), then asks no more statements of it for
+        names that are not there; a single lookup in a large directory still
+        costs one statement."""
+        probes = self._probes
+        n = probes.pop(dir_oid, 0) + 1
+        if len(probes) >= self.limit:
+            probes.clear()
+        probes[dir_oid] = n
+        if n < 2 or n & (n - 1):
+            return False
+        rows = self.rows.entries_in(dir_oid, limit=WHOLE_PER_PROBE * n + 1)
+        if len(rows) > WHOLE_PER_PROBE * n:
+            return False
+        self._names(dir_oid, rows)
+        return dir_oid in self.complete
+
+    def _names(self, dir_oid: int, rows: list[tuple[bytes, int, int]]) -> dict[bytes, int]:
+        """Merge a directory's entries in every layer (`rows`) into the names
+        this view sees, and remember them: name -> oid (0: a whiteout)."""
+        best: dict[bytes, tuple[int, int]] = {}
+        depth = len(self.chain)
+        rank = self.rank
+        for name, layer, oid in rows:
+            r = rank.get(layer)
+            if r is not None and r < best.get(name, (depth, 0))[0]:
+                best[name] = (r, oid)
+        names = {name: oid for name, (_, oid) in best.items()}
+        for name, oid in names.items():
+            self._name((dir_oid, name), oid)
+        if len(names) <= 2 * self.limit:
+            # Its names are the newest in `entries`: none was evicted.
+            self.complete.add(dir_oid)
+        return names
+
     def listdir(self, dir_oid: int) -> list[tuple[bytes, Attr]]:
         """The merged entries of a directory, sorted by name, attributes loaded
         in bulk. Callers only read the list."""
@@ -138,22 +188,11 @@ class View:
         if cached is not None:
             self.listings.move_to_end(dir_oid)
             return cached
-        best: dict[bytes, tuple[int, int]] = {}
-        depth = len(self.chain)
-        rank = self.rank
-        for name, layer, oid in self.rows.entries_in(dir_oid):
-            r = rank.get(layer)
-            if r is not None and r < best.get(name, (depth, 0))[0]:
-                best[name] = (r, oid)
-        for name, (_, oid) in best.items():
-            self._name((dir_oid, name), oid)
-        if len(best) <= 2 * self.limit:
-            # Its names are the newest in `entries`: none was evicted.
-            self.complete.add(dir_oid)
-        found = self._load([oid for _, oid in best.values() if oid])
+        names = self._names(dir_oid, self.rows.entries_in(dir_oid))
+        found = self._load([oid for oid in names.values() if oid])
         out = []
-        for name in sorted(best):
-            oid = best[name][1]
+        for name in sorted(names):
+            oid = names[name]
             if oid:
                 a = found.get(oid)
                 if a is not None:
@@ -239,3 +278,4 @@ class View:
         self.complete.clear()
         self.listings.clear()
         self._listed = 0
+        self._probes.clear()
