@@ -243,6 +243,7 @@ async def serve(config: Config) -> None:
                     fuse.stop()
         finally:
             fuse.unmount()
+            tree.files.spares.close()
             try:
                 config.socket.unlink()
             except FileNotFoundError:

@@ -21,6 +21,7 @@ from pathlib import Path
 from fusesnap.errors import ResourceExhausted
 from fusesnap.snapshots.layers import data
 from fusesnap.snapshots.layers.rows import Attr, Rows, fs_error, now_ns
+from fusesnap.snapshots.layers.spares import Spares
 from fusesnap.snapshots.layers.views import View
 from fusesnap.store.space import Space
 
@@ -76,6 +77,7 @@ class Files:
         self._open: dict[tuple[int, int], list[OpenFile]] = {}
         # Objects whose size and times writes changed, not yet recorded.
         self._dirty: dict[tuple[int, int], tuple[View, Attr]] = {}
+        self.spares = Spares(self.data_path, rows.new_oid)
 
     def data_path(self, layer: int, oid: int) -> str:
         return f"{self.layers_dir}/{layer}/{oid}"
@@ -130,13 +132,14 @@ class Files:
                 of.close()
         for key in [k for k in self._dirty if k[0] == view.sid]:
             del self._dirty[key]
+        self.spares.drop(view.sid)
 
     # ----------------------------------------------------------------- bytes
 
-    def create(self, layer: int, oid: int) -> int:
-        """A new empty backing file, open for reading and writing."""
-        return os.open(self.data_path(layer, oid),
-                       os.O_CREAT | os.O_TRUNC | os.O_RDWR | os.O_CLOEXEC, 0o600)
+    def create(self, layer: int) -> tuple[int, int]:
+        """(oid, descriptor) of a new object's empty backing file in `layer`,
+        open for reading and writing (made ahead: spares.py)."""
+        return self.spares.take(layer)
 
     def own_data(self, view: View, a: Attr, keep: bool = True) -> None:
         """Give the top layer the bytes of `a` (inside the caller's transaction):

@@ -105,6 +105,7 @@ class LayerTree:
                     self._purge(view, a, doomed)
                     view.remember(a)  # fstat of those descriptors still works
         unlink_files(doomed)
+        self.files.spares.drop(view.top)
         view.writable = False
 
     def forget_view(self, view: View) -> None:
@@ -205,13 +206,14 @@ class LayerTree:
         if view.find(dir_oid, name):
             raise fs_error(errno.EEXIST)
         is_reg = stat.S_ISREG(mode)
-        oid = self.rows.new_oid()
         fd = -1
         if is_reg:
-            fd = self.files.create(view.top, oid)
+            oid, fd = self.files.create(view.top)
             if not keep_fd:
                 os.close(fd)
                 fd = -1
+        else:
+            oid = self.rows.new_oid()
         try:
             with self.rows.db.group():
                 return self._insert(view, d, name, oid, mode, uid, gid, rdev, target,
