@@ -12,7 +12,7 @@ import re
 from typing import NamedTuple
 
 from fusesnap.errors import InvalidArgument
-from fusesnap.filters import quote
+from fusesnap.quoting import quote
 
 __all__ = ["ALGORITHMS", "CANONICAL", "EMPTY", "Digest", "parse", "sha256_of"]
 

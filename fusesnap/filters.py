@@ -21,7 +21,6 @@ and patterns RE2 rejects (backreferences, lookarounds) are InvalidArgument.
 from __future__ import annotations
 
 import enum
-import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -29,6 +28,7 @@ from typing import Protocol
 import re2
 
 from fusesnap.errors import InvalidArgument
+from fusesnap.quoting import is_graphic, is_surrogate, quote
 
 __all__ = [
     "Adaptor",
@@ -208,64 +208,11 @@ _SIMPLE_ESCAPES = {
 }
 _NUMERIC_ESCAPE_WIDTH = {"x": 2, "u": 4, "U": 8}
 
-_QUOTE_ESCAPES = {
-    "\a": "\\a",
-    "\b": "\\b",
-    "\f": "\\f",
-    "\n": "\\n",
-    "\r": "\\r",
-    "\t": "\\t",
-    "\v": "\\v",
-    '"': '\\"',
-    "\\": "\\\\",
-}
-
-
-def _is_graphic(ch: str) -> bool:
-    # Letters, marks, numbers, punctuation and symbols.
-    return unicodedata.category(ch)[0] in "LMNPS"
 
 
 def _is_value_char(ch: str) -> bool:
-    return ch != "," and ch not in _GO_SPACE and _is_graphic(ch)
+    return ch != "," and ch not in _GO_SPACE and is_graphic(ch)
 
-
-def _is_surrogate(ch: str) -> bool:
-    return 0xD800 <= ord(ch) <= 0xDFFF
-
-
-def quote(value: str) -> str:
-    """Return `value` as a double-quoted literal, like Go's ``strconv.Quote``.
-
-    The result is accepted anywhere the filter language takes a quoted field
-    or value, and parses back to `value` (for any string without unpaired
-    surrogates). It is also the rendering of Go's ``%q`` in error messages.
-    """
-    out = ['"']
-    for ch in value:
-        escaped = _QUOTE_ESCAPES.get(ch)
-        if escaped is not None:
-            out.append(escaped)
-            continue
-        if ch == " " or (not _is_surrogate(ch) and _is_graphic(ch)):
-            out.append(ch)
-            continue
-        code = ord(ch)
-        if 0xDC80 <= code <= 0xDCFF:
-            # A byte smuggled through errors="surrogateescape".
-            out.append(f"\\x{code - 0xDC00:02x}")
-        elif code < 0x20 or code == 0x7F:
-            out.append(f"\\x{code:02x}")
-        elif code < 0x10000:
-            out.append(f"\\u{code:04x}")
-        else:
-            out.append(f"\\U{code:08x}")
-    out.append('"')
-    return "".join(out)
-
-
-# --------------------------------------------------------------------------
-# Parser
 
 
 class _Tok(enum.Enum):
@@ -414,7 +361,7 @@ class _Parser:
         ch = self.text[pos]
         if ch == "\0":
             raise self.error(pos, "unexpected null")
-        if _is_surrogate(ch):
+        if is_surrogate(ch):
             raise self.error(pos, "rune error")
 
     def scan_quoted(self, start: int) -> int:
@@ -433,7 +380,7 @@ class _Parser:
                     problem = problem or "unexpected null"
                 raise self.error(start, problem or "quoted literal not terminated")
             ch = text[pos]
-            if _is_surrogate(ch):
+            if is_surrogate(ch):
                 problem = problem or "rune error"
             if ch == quote_char:
                 break

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping, Sequence
 
 from fusesnap.errors import InvalidArgument
-from fusesnap.filters import quote
+from fusesnap.quoting import quote
 
 __all__ = ["MAX_LABEL_SIZE", "apply_mask", "clean", "validate"]
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 
 from fusesnap.errors import FailedPrecondition, InvalidArgument
-from fusesnap.filters import quote
+from fusesnap.quoting import quote
 
 MAX_LENGTH = 76
 _IDENTIFIER = re.compile(r"[A-Za-z0-9]+(?:[._-][A-Za-z0-9]+)*")

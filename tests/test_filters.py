@@ -10,7 +10,8 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from fusesnap.errors import InvalidArgument
-from fusesnap.filters import Adaptor, Filter, Operator, Selector, object_adaptor, parse, quote
+from fusesnap.filters import Adaptor, Filter, Operator, Selector, object_adaptor, parse
+from fusesnap.quoting import quote
 
 # ---------------------------------------------------------------------------
 # helpers

@@ -20,9 +20,9 @@ from fusesnap.content import reader
 from fusesnap.content.ingest import Progress, Writer, progress
 from fusesnap.content.store import BlobRecord, ContentStore
 from fusesnap.errors import InvalidArgument, NotFound
-from fusesnap.filters import quote
 from fusesnap.pb import content_pb2 as cpb
 from fusesnap.pb import content_pb2_grpc
+from fusesnap.quoting import quote
 
 
 def _info(rec: BlobRecord) -> cpb.Info:

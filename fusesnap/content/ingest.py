@@ -31,9 +31,9 @@ from fusesnap.errors import (
     ResourceExhausted,
     Unavailable,
 )
-from fusesnap.filters import quote
 from fusesnap.labels import clean, validate
 from fusesnap.leases.store import Holder
+from fusesnap.quoting import quote
 from fusesnap.store.space import NO_SPACE
 
 T = TypeVar("T")

@@ -30,9 +30,9 @@ from pathlib import Path
 from fusesnap import faults, filters
 from fusesnap.digests import ALGORITHMS, Digest, parse
 from fusesnap.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable
-from fusesnap.filters import quote
 from fusesnap.labels import apply_mask, clean
 from fusesnap.leases.store import CONTENT, INGESTS, Holder, LeaseStore, Resource
+from fusesnap.quoting import quote
 from fusesnap.store.db import Database
 from fusesnap.store.space import Space
 

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field, replace
 
 from fusesnap import digests, filters
 from fusesnap.errors import AlreadyExists, InvalidArgument, NotFound
-from fusesnap.filters import quote
 from fusesnap.labels import apply_mask, clean, validate
 from fusesnap.leases.store import EXPIRE_LABEL, IMAGES, Holder, LeaseStore, Resource
+from fusesnap.quoting import quote
 from fusesnap.store.db import Database
 
 _ANNOTATIONS = "annotations"

@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 
 from fusesnap import digests, filters
 from fusesnap.errors import AlreadyExists, InvalidArgument, NotFound, NotImplementedYet
-from fusesnap.filters import quote
 from fusesnap.labels import clean
+from fusesnap.quoting import quote
 from fusesnap.store.db import Database
 
 CONTENT = "content"
