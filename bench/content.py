@@ -35,7 +35,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from fusesnap.cli.client import open_channel
+from fusesnap.cli.common import open_channel
 from fusesnap.cli.content import ContentClient
 from fusesnap.malloc import reuse_megabyte_buffers
 from fusesnap.pb import content_pb2 as cpb

@@ -32,9 +32,8 @@ from pathlib import Path
 import grpc
 from fs_fixture import Stack, copy_paths, layer_tar, ops_tar
 
-from fusesnap.images.archive import Descriptor
-from fusesnap.images.importer import Daemon as Client
-from fusesnap.images.importer import apply_into
+from fusesnap.client.archive import ArchiveDescriptor
+from fusesnap.client.importer import Client, apply_into
 from fusesnap.pb import content_pb2 as cpb
 from fusesnap.pb import debug_pb2
 from fusesnap.pb import snapshots_pb2 as spb
@@ -307,7 +306,7 @@ class Fusesnap(Backend):
         with open(tar, "rb") as f:
             while chunk := f.read(1 << 20):
                 h.update(chunk)
-        desc = Descriptor(LAYER_MEDIA_TYPE, "sha256:" + h.hexdigest(), tar.stat().st_size)
+        desc = ArchiveDescriptor(LAYER_MEDIA_TYPE, "sha256:" + h.hexdigest(), tar.stat().st_size)
         self.client.put_blob(desc, lambda: open(tar, "rb"), {})
         apply_into(self.client, name, parent, desc, "")
         self.content.Delete(cpb.DeleteContentRequest(digest=desc.digest))

@@ -76,7 +76,7 @@ if str(REPO) not in sys.path:  # `python bench/images.py` puts bench/ first, not
     sys.path.insert(0, str(REPO))
 
 from fusesnap.cli import client  # noqa: E402
-from fusesnap.images.importer import import_archive  # noqa: E402
+from fusesnap.client.importer import import_archive  # noqa: E402
 from tests import oci  # noqa: E402
 from tests.conftest import Daemon  # noqa: E402
 from tests.containerd_env import Containerd  # noqa: E402

@@ -115,13 +115,13 @@ class Opaque:
     path: str
 
 
-Entry = File | Dir | Symlink | HardLink | Fifo | Device | Whiteout | Opaque
+Member = File | Dir | Symlink | HardLink | Fifo | Device | Whiteout | Opaque
 
 
 @dataclass(frozen=True)
 class Layer:
     """`zstd` (Debian's zstd program compresses) wins over `gzip`."""
-    entries: Sequence[Entry]
+    entries: Sequence[Member]
     gzip: bool = True
     zstd: bool = False
 
@@ -164,7 +164,7 @@ def _info(name: str, kind: bytes, mode: int = 0o644, uid: int = 0, gid: int = 0)
     return info
 
 
-def layer_tar(entries: Sequence[Entry]) -> bytes:
+def layer_tar(entries: Sequence[Member]) -> bytes:
     """The uncompressed tar of one layer, entries in the given order."""
     buf = io.BytesIO()
     files: dict[str, File] = {}
@@ -325,7 +325,7 @@ def busybox_layer(applets: Sequence[str] = APPLETS, gzip: bool = True) -> Layer:
     """A root filesystem: the host's static busybox as /bin/busybox, applet
     symlinks in /bin, /etc/passwd and /etc/group with root and an ordinary
     user 1000, and a sticky /tmp."""
-    entries: list[Entry] = [
+    entries: list[Member] = [
         Dir("bin"),
         File("bin/busybox", BUSYBOX.read_bytes(), 0o755),
         *(Symlink(f"bin/{a}", "busybox") for a in sorted(set(applets))),
@@ -464,7 +464,7 @@ def many_layers_image(name: str = "fusesnap.test/many:1", count: int = MANY) -> 
     layers = [busybox_layer()]
     for i in range(1, count + 1):
         m = "many"
-        entries: list[Entry] = [
+        entries: list[Member] = [
             Dir(m),
             File(f"{m}/f{i:02}", f"layer {i}\n".encode()),
             File(f"{m}/counter", f"{i}\n".encode(), 0o600 if i % 6 == 0 else 0o644,

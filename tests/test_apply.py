@@ -19,14 +19,14 @@ from pathlib import Path
 import grpc
 import pytest
 
-from fusesnap.images.archive import Descriptor
-from fusesnap.images.importer import Daemon as Client
-from fusesnap.images.importer import apply_into, apply_through_mount
+from fusesnap.client.archive import ArchiveDescriptor
+from fusesnap.client.importer import Client, apply_into
 from fusesnap.pb import apply_pb2 as apb
 from fusesnap.pb import snapshots_pb2 as spb
 from fusesnap.pb.apply_pb2_grpc import ApplierStub
 from tests import oci
 from tests.conftest import PROXY, Daemon, module_daemon
+from tests.layer_applier import apply_through_mount
 from tests.trees import Tree, assert_same_tree, host_tree, paths, xattrs
 
 pytestmark = pytest.mark.skipif(not shutil.which("zstd"),
@@ -53,7 +53,7 @@ def applier(daemon: Daemon) -> ApplierStub:
 
 @dataclasses.dataclass
 class Blob:
-    desc: Descriptor
+    desc: ArchiveDescriptor
     data: bytes
     diff_id: str
     size: int
@@ -63,7 +63,7 @@ def store(client: Client, layer: oci.Layer) -> Blob:
     """The layer's blob, put into the daemon's content store."""
     raw = oci.layer_tar(layer.entries)
     data, media_type = oci.compressed(layer, raw)
-    desc = Descriptor(media_type, oci.digest(data), len(data))
+    desc = ArchiveDescriptor(media_type, oci.digest(data), len(data))
     client.put_blob(desc, lambda: io.BytesIO(data), {})
     return Blob(desc, data, oci.digest(raw), len(raw))
 
@@ -184,7 +184,7 @@ def test_impossible_entry_is_invalid_argument_and_rolls_back(
         link.type, link.linkname = tarfile.LNKTYPE, "missing"
         tar.addfile(link)
     raw = buf.getvalue()
-    desc = Descriptor(oci.MEDIA_LAYER, oci.digest(raw), len(raw))
+    desc = ArchiveDescriptor(oci.MEDIA_LAYER, oci.digest(raw), len(raw))
     client.put_blob(desc, lambda: io.BytesIO(raw), {})
     before = state(daemon, active)
     err = refused(applier, apb.ApplyRequest(key=active, digest=desc.digest))

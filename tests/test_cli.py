@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from fusesnap.cli.client import human_size
+from fusesnap.cli.common import human_size
 from fusesnap.pb import snapshots_pb2 as spb
 from tests.conftest import Daemon
 

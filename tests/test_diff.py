@@ -17,10 +17,10 @@ from pathlib import Path
 import grpc
 import pytest
 
-from fusesnap.images.layer import apply_layer
 from fusesnap.pb.diff_pb2 import DiffRequest
 from fusesnap.pb.diff_pb2_grpc import DifferStub
 from tests.conftest import PROXY, Daemon, module_daemon
+from tests.layer_applier import apply_layer
 from tests.trees import assert_same_tree, host_tree, xattrs
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0,

@@ -19,10 +19,11 @@ from pathlib import Path
 
 import pytest
 
-from fusesnap.images.archive import ArchiveError, Descriptor, Platform, resolve, walk
-from fusesnap.images.layer import LayerError, apply_layer
+from fusesnap.client.archive import ArchiveDescriptor, ArchiveError, Platform, resolve, walk
+from fusesnap.layertar import LayerError
 from tests import oci
 from tests.conftest import Daemon, module_daemon
+from tests.layer_applier import apply_layer
 from tests.trees import assert_same_tree, host_tree, xattrs
 
 COMMAND = [sys.executable, "-m", "fusesnap"]
@@ -336,7 +337,7 @@ def test_entry_with_dotdot_is_refused(fresh: Cli, tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- the applier alone
 
 
-def _apply(tmp_path: Path, *layers: list[oci.Entry]) -> Path:
+def _apply(tmp_path: Path, *layers: list[oci.Member]) -> Path:
     target = tmp_path / "root"
     target.mkdir()
     for entries in layers:
@@ -360,7 +361,7 @@ def test_applier_refuses_to_write_through_a_symlink(tmp_path: Path) -> None:
 def test_applier_refuses_a_hard_link_through_a_symlink(tmp_path: Path) -> None:
     secret = tmp_path / "secret"
     secret.write_text("secret\n")
-    entries: list[oci.Entry] = [oci.Symlink("up", str(tmp_path)), oci.File("f", b"")]
+    entries: list[oci.Member] = [oci.Symlink("up", str(tmp_path)), oci.File("f", b"")]
     raw = oci.layer_tar(entries)
     # A hard link whose target goes through the symlink.
     buf = tmp_path / "l.tar"
@@ -404,14 +405,14 @@ class Blobs:
         self.blobs[oci.digest(data)] = data
         return {"mediaType": media_type, "digest": oci.digest(data), "size": len(data), **extra}
 
-    def read_blob(self, desc: Descriptor) -> bytes:
+    def read_blob(self, desc: ArchiveDescriptor) -> bytes:
         return self.blobs[desc.digest]
 
     def has_blob(self, digest: str) -> bool:
         return digest in self.blobs
 
 
-def _platform_index(blobs: Blobs) -> Descriptor:
+def _platform_index(blobs: Blobs) -> ArchiveDescriptor:
     """An index of two platforms' manifests (one layer each), and a third not there."""
     children = []
     for arch in ("s390x", "amd64"):
@@ -424,7 +425,7 @@ def _platform_index(blobs: Blobs) -> Descriptor:
     children.append({"mediaType": oci.MEDIA_MANIFEST, "digest": "sha256:" + "0" * 64,
                      "size": 10, "platform": {"os": "linux", "architecture": "riscv64"}})
     index = blobs.add(oci.MEDIA_INDEX, {"manifests": children})
-    return Descriptor.parse(index, "test")
+    return ArchiveDescriptor.parse(index, "test")
 
 
 def test_resolve_picks_the_manifest_of_the_platform_from_an_index() -> None:

@@ -80,6 +80,17 @@ def test_the_services_never_import_their_adapters() -> None:
     """cli, api, layerfs and daemon sit above the services; no service or
     store imports them, and the collector is imported by no store."""
     graph = _graph()
-    adapters = {"cli", "api", "layerfs", "daemon"}
-    for part in ("snapshots", "content", "leases", "images", "store"):
+    adapters = {"cli", "api", "layerfs", "daemon", "client"}
+    for part in ("snapshots", "content", "leases", "images", "store", "layertar"):
         assert not graph.get(part, set()) & (adapters | {"gc"}), (part, graph.get(part))
+
+
+def test_the_client_workflows_use_the_daemon_only_through_grpc() -> None:
+    """fusesnap.client runs in the user's process: it may use the stubs (pb),
+    the image records' types and the layer format, never a store or the
+    daemon's internals, and only the CLI imports it."""
+    graph = _graph()
+    allowed = {"pb", "images", "layertar", "digests", "labels", "quoting", "errors"}
+    assert graph.get("client", set()) <= allowed, graph.get("client")
+    users = {part for part, targets in graph.items() if "client" in targets}
+    assert users <= {"cli"}, users

@@ -17,7 +17,7 @@ from fusesnap.api.errors import rpc
 from fusesnap.api.headers import Headers
 from fusesnap.bridge import TrioBridge
 from fusesnap.content import reader
-from fusesnap.content.ingest import Progress, Writer, progress
+from fusesnap.content.ingest import IngestStatus, Writer, ingest_status
 from fusesnap.content.store import BlobRecord, ContentStore
 from fusesnap.errors import InvalidArgument, NotFound
 from fusesnap.pb import content_pb2 as cpb
@@ -30,7 +30,7 @@ def _info(rec: BlobRecord) -> cpb.Info:
                     updated_at=timestamp(rec.updated_ns), labels=rec.labels)
 
 
-def _status(p: Progress) -> cpb.Status:
+def _status(p: IngestStatus) -> cpb.Status:
     return cpb.Status(ref=p.ref, offset=p.offset, total=p.total, expected=p.expected,
                       started_at=timestamp(p.started_ns), updated_at=timestamp(p.updated_ns))
 
@@ -111,7 +111,7 @@ class ContentServicer(content_pb2_grpc.ContentServicer):
     @rpc
     def Status(self, request: cpb.StatusRequest,
                context: grpc.ServicerContext) -> cpb.StatusResponse:
-        found = progress(self.call(self.store.ingest, request.ref))
+        found = ingest_status(self.call(self.store.ingest, request.ref))
         if found is None:
             raise NotFound(f"could not get status for ref {quote(request.ref)}")
         return cpb.StatusResponse(status=_status(found))
@@ -120,7 +120,7 @@ class ContentServicer(content_pb2_grpc.ContentServicer):
     def ListStatuses(self, request: cpb.ListStatusesRequest,
                      context: grpc.ServicerContext) -> cpb.ListStatusesResponse:
         records = self.call(self.store.ingest_list, list(request.filters))
-        found = [p for p in map(progress, records) if p is not None]
+        found = [p for p in map(ingest_status, records) if p is not None]
         return cpb.ListStatusesResponse(statuses=[_status(p) for p in found])
 
     @rpc

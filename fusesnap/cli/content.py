@@ -35,7 +35,7 @@ from typing import IO, Any
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from fusesnap.cli import add_socket_option, client
+from fusesnap.cli import add_socket_option, common
 from fusesnap.content import wire
 from fusesnap.pb import content_pb2 as cpb
 from fusesnap.pb.content_pb2_grpc import ContentStub
@@ -55,8 +55,8 @@ def info_json(info: cpb.Info) -> dict[str, Any]:
         "digest": info.digest,
         "size": info.size,
         "labels": dict(info.labels),
-        "created_at": client.rfc3339(info.created_at),
-        "updated_at": client.rfc3339(info.updated_at),
+        "created_at": common.rfc3339(info.created_at),
+        "updated_at": common.rfc3339(info.updated_at),
     }
 
 
@@ -66,8 +66,8 @@ def status_json(status: cpb.Status) -> dict[str, Any]:
         "offset": status.offset,
         "total": status.total,
         "expected": status.expected,
-        "started_at": client.rfc3339(status.started_at),
-        "updated_at": client.rfc3339(status.updated_at),
+        "started_at": common.rfc3339(status.started_at),
+        "updated_at": common.rfc3339(status.updated_at),
     }
 
 
@@ -130,7 +130,7 @@ class WriteStream:
         try:
             return next(self._responses)
         except StopIteration:
-            raise client.CommandError("the daemon ended the write stream early") from None
+            raise common.CommandError("the daemon ended the write stream early") from None
 
     def send(self, request: cpb.WriteContentRequest) -> cpb.WriteContentResponse:
         self.put(request)
@@ -168,10 +168,10 @@ class ProgressBar:
             filled = min(self.WIDTH, self.WIDTH * done // self.total)
             head = ">" if filled < self.WIDTH else ""
             parts.append("[" + "=" * filled + head + " " * (self.WIDTH - filled - len(head)) + "]")
-            parts.append(f"{client.human_size(done)}/{client.human_size(self.total)}")
+            parts.append(f"{common.human_size(done)}/{common.human_size(self.total)}")
         else:
-            parts.append(client.human_size(done))
-        parts.append(f" {client.human_size(int(rate))}/s")
+            parts.append(common.human_size(done))
+        parts.append(f" {common.human_size(int(rate))}/s")
         self.out.write("\r\x1b[K" + " ".join(parts) + ("\n" if final else ""))
         self.out.flush()
 
@@ -180,7 +180,7 @@ def _skip(source: IO[bytes], offset: int, ref: str) -> None:
     """Position the input after the `offset` bytes the ingest already holds."""
     if source.seekable():
         if os.fstat(source.fileno()).st_size - source.tell() < offset:
-            raise client.CommandError(
+            raise common.CommandError(
                 f"ingest {ref} already holds {offset} bytes, more than the input; "
                 f"abort it first (fusesnap content abort {ref})")
         source.seek(offset, os.SEEK_CUR)
@@ -189,7 +189,7 @@ def _skip(source: IO[bytes], offset: int, ref: str) -> None:
     while left:
         got = source.read(min(CHUNK, left))
         if not got:
-            raise client.CommandError(
+            raise common.CommandError(
                 f"ingest {ref} already holds {offset} bytes, more than the input; "
                 f"abort it first (fusesnap content abort {ref})")
         left -= len(got)
@@ -227,7 +227,7 @@ def _ingest(args: argparse.Namespace, stub: ContentStub) -> None:
         resp = stream.get()
         want = pending.popleft()
         if resp.offset != want:
-            raise client.CommandError(f"short write: the daemon is at {resp.offset}, "
+            raise common.CommandError(f"short write: the daemon is at {resp.offset}, "
                                       f"expected {want}")
         offset, digest = resp.offset, resp.digest
         if bar is not None:
@@ -246,7 +246,7 @@ def _ingest(args: argparse.Namespace, stub: ContentStub) -> None:
     try:
         resp = stream.send(cpb.WriteContentRequest(
             action=cpb.COMMIT, offset=offset, total=total, expected=expected,
-            labels=client.labels_of(args.label)))
+            labels=common.labels_of(args.label)))
     except grpc.RpcError as err:
         if is_code(err, grpc.StatusCode.ALREADY_EXISTS):
             print(digest)  # the same bytes are committed already
@@ -289,18 +289,18 @@ def list_all(stub: ContentStub, filters: list[str]) -> list[cpb.Info]:
 def _ls(args: argparse.Namespace, stub: ContentStub) -> None:
     infos = list_all(stub, args.filters)
     if args.json:
-        client.print_json([info_json(i) for i in infos])
+        common.print_json([info_json(i) for i in infos])
     elif args.quiet:
         for info in infos:
             print(info.digest)
     else:
-        client.print_table(["digest", "size", "age", "labels"],
-                           [(i.digest, client.human_size(i.size), age(i.created_at),
+        common.print_table(["digest", "size", "age", "labels"],
+                           [(i.digest, common.human_size(i.size), age(i.created_at),
                              labels_text(dict(i.labels))) for i in infos])
 
 
 def _info(args: argparse.Namespace, stub: ContentStub) -> None:
-    client.print_json(info_json(stub.Info(cpb.InfoRequest(digest=args.digest)).info))
+    common.print_json(info_json(stub.Info(cpb.InfoRequest(digest=args.digest)).info))
 
 
 def _rm(args: argparse.Namespace, stub: ContentStub) -> None:
@@ -308,31 +308,31 @@ def _rm(args: argparse.Namespace, stub: ContentStub) -> None:
         try:
             stub.Delete(cpb.DeleteContentRequest(digest=digest))
         except grpc.RpcError as err:
-            if client.is_connect_failure(err):
+            if common.is_connect_failure(err):
                 raise
-            raise client.CommandError(f"rm {digest}: {client.describe(err)}") from err
+            raise common.CommandError(f"rm {digest}: {common.describe(err)}") from err
 
 
 def _label(args: argparse.Namespace, stub: ContentStub) -> None:
-    wanted = client.labels_of(args.labels)
+    wanted = common.labels_of(args.labels)
     resp = stub.Update(cpb.UpdateRequest(
         info=cpb.Info(digest=args.digest, labels={k: v for k, v in wanted.items() if v}),
         update_mask={"paths": [f"labels.{k}" for k in wanted]}))
     if args.json:
-        client.print_json(dict(resp.info.labels))
+        common.print_json(dict(resp.info.labels))
     else:
-        client.print_labels(resp.info.labels)
+        common.print_labels(resp.info.labels)
 
 
 def _active(args: argparse.Namespace, stub: ContentStub) -> None:
     statuses = stub.ListStatuses(cpb.ListStatusesRequest(filters=args.filters)).statuses
     if args.json:
-        client.print_json([status_json(s) for s in statuses])
+        common.print_json([status_json(s) for s in statuses])
     else:
-        client.print_table(
+        common.print_table(
             ["ref", "size", "total", "started", "updated"],
-            [(s.ref, client.human_size(s.offset),
-              client.human_size(s.total) if s.total else "-",
+            [(s.ref, common.human_size(s.offset),
+              common.human_size(s.total) if s.total else "-",
               age(s.started_at), age(s.updated_at)) for s in statuses])
 
 
@@ -358,7 +358,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     group = sub.add_parser("content", help="manage content (like `ctr content`)",
                            description="Blobs and ingests of the fusesnap daemon.")
     add_socket_option(group)
-    command = client.subcommands(group, "content_command", ContentClient)
+    command = common.subcommands(group, "content_command", ContentClient)
 
     p = command("ingest", _ingest, "store standard input as a blob and print its digest")
     p.add_argument("ref", metavar="REF", help="ingest name (resumed if it exists)")
@@ -366,7 +366,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    help="fail unless the content has this digest")
     p.add_argument("--expected-size", metavar="N", type=_size, default=0,
                    help="fail unless the content has N bytes")
-    p.add_argument("--label", action="append", type=client.label_arg, default=[],
+    p.add_argument("--label", action="append", type=common.label_arg, default=[],
                    metavar="KEY=VALUE", help="label of the new blob (repeatable)")
 
     p = command("get", _get, "write a blob to standard output")
@@ -387,7 +387,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = command("label", _label, "set labels (KEY= removes one) and print the result",
                 json=True)
     p.add_argument("digest", metavar="DIGEST")
-    p.add_argument("labels", metavar="KEY=VALUE", nargs="+", type=client.label_arg)
+    p.add_argument("labels", metavar="KEY=VALUE", nargs="+", type=common.label_arg)
 
     p = command("active", _active, "list ingests in progress (filters on ref, e.g. "
                 "ref~=^layer-)", json=True)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from fusesnap.cli import client
+from fusesnap.cli import common
 from fusesnap.pb import debug_pb2
 from fusesnap.pb.debug_pb2_grpc import DebugStub
 
@@ -49,15 +49,15 @@ def stats_rows(resp: debug_pb2.FuseStatsResponse) -> list[list[str]]:
 def _fuse_stats(args: argparse.Namespace, stub: DebugStub) -> None:
     resp = stub.FuseStats(debug_pb2.FuseStatsRequest(reset=args.reset))
     if args.json:
-        client.print_json(stats_json(resp))
+        common.print_json(stats_json(resp))
         return
-    client.print_table(["opcode", "count", "total_ms", "mean_us", "median_us", "p90_us"],
+    common.print_table(["opcode", "count", "total_ms", "mean_us", "median_us", "p90_us"],
                        stats_rows(resp))
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     group = sub.add_parser("debug", help="what the daemon can tell about its own work")
-    command = client.subcommands(group, "debug_command", DebugStub)
+    command = common.subcommands(group, "debug_command", DebugStub)
     p = command("fuse-stats", _fuse_stats,
                 "the FUSE requests served since start or the last --reset, by opcode: "
                 "count, total, mean, median and 90th percentile of the daemon's time "

@@ -24,7 +24,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from fusesnap.cli import add_socket_option, client
+from fusesnap.cli import add_socket_option, common
 from fusesnap.cli.leases import direct_only
 from fusesnap.pb import gc_pb2
 from fusesnap.pb.gc_pb2_grpc import GCStub
@@ -62,7 +62,7 @@ def report_lines(resp: gc_pb2.CollectResponse) -> list[str]:
 def _gc(args: argparse.Namespace, stub: GCStub) -> None:
     resp = stub.Collect(gc_pb2.CollectRequest(dry_run=args.dry_run))
     if args.json:
-        client.print_json(report_json(resp))
+        common.print_json(report_json(resp))
     else:
         print("\n".join(report_lines(resp)))
 
@@ -72,8 +72,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                        description="Run one garbage collection across all namespaces and "
                                    "print what it removed and how long it took.")
     add_socket_option(p)
-    client.add_json_option(p)
+    common.add_json_option(p)
     p.add_argument("--dry-run", action="store_true",
                    help="print what would be removed, removing nothing")
     fn = direct_only("garbage collection", _gc)
-    p.set_defaults(func=lambda args: client.run(args, lambda channel: fn(args, GCStub(channel))))
+    p.set_defaults(func=lambda args: common.run(args, lambda channel: fn(args, GCStub(channel))))

@@ -58,15 +58,15 @@ from typing import Any
 
 import grpc
 
-from fusesnap.cli import add_socket_option, client
+from fusesnap.cli import add_socket_option, common
 from fusesnap.cli.content import ProgressBar, age, labels_text
 from fusesnap.cli.snapshots import directory, mount_json
-from fusesnap.images.archive import ArchiveError
-from fusesnap.images.commit import BASE_LABEL, CommitFailed, commit_image
-from fusesnap.images.export import export_image
-from fusesnap.images.importer import (
+from fusesnap.client.archive import ArchiveError
+from fusesnap.client.commit import BASE_LABEL, CommitFailed, commit_image
+from fusesnap.client.export import export_image
+from fusesnap.client.importer import (
     SNAPSHOTTER,
-    Daemon,
+    Client,
     ImportFailed,
     LayerError,
     import_archive,
@@ -91,22 +91,22 @@ def image_json(image: ipb.Image) -> dict[str, Any]:
             "annotations": dict(target.annotations),
         },
         "labels": dict(image.labels),
-        "created_at": client.rfc3339(image.created_at),
-        "updated_at": client.rfc3339(image.updated_at),
+        "created_at": common.rfc3339(image.created_at),
+        "updated_at": common.rfc3339(image.updated_at),
     }
 
 
 def _row(image: ipb.Image) -> tuple[str, ...]:
     return (image.name, image.target.media_type, image.target.digest,
-            client.human_size(image.target.size), age(image.created_at),
+            common.human_size(image.target.size), age(image.created_at),
             labels_text(dict(image.labels)))
 
 
 def _show(args: argparse.Namespace, images: list[ipb.Image]) -> None:
     if args.json:
-        client.print_json([image_json(i) for i in images])
+        common.print_json([image_json(i) for i in images])
     else:
-        client.print_table(_COLUMNS, [_row(i) for i in images])
+        common.print_table(_COLUMNS, [_row(i) for i in images])
 
 
 def _ls(args: argparse.Namespace, stub: ImagesStub) -> None:
@@ -121,7 +121,7 @@ def _ls(args: argparse.Namespace, stub: ImagesStub) -> None:
 def _get(args: argparse.Namespace, stub: ImagesStub) -> None:
     image = stub.Get(ipb.GetImageRequest(name=args.name)).image
     if args.json:
-        client.print_json(image_json(image))
+        common.print_json(image_json(image))
     else:
         _show(args, [image])
 
@@ -129,24 +129,24 @@ def _get(args: argparse.Namespace, stub: ImagesStub) -> None:
 def _create(args: argparse.Namespace, stub: ImagesStub) -> None:
     target = descriptor_pb2.Descriptor(media_type=args.media_type, digest=args.digest,
                                        size=args.size,
-                                       annotations=client.labels_of(args.annotation))
+                                       annotations=common.labels_of(args.annotation))
     image = stub.Create(ipb.CreateImageRequest(image=ipb.Image(
-        name=args.name, target=target, labels=client.labels_of(args.label)))).image
+        name=args.name, target=target, labels=common.labels_of(args.label)))).image
     if args.json:
-        client.print_json(image_json(image))
+        common.print_json(image_json(image))
     else:
         _show(args, [image])
 
 
 def _label(args: argparse.Namespace, stub: ImagesStub) -> None:
-    wanted = client.labels_of(args.labels)
+    wanted = common.labels_of(args.labels)
     image = stub.Update(ipb.UpdateImageRequest(
         image=ipb.Image(name=args.name, labels={k: v for k, v in wanted.items() if v}),
         update_mask={"paths": [f"labels.{k}" for k in wanted]})).image
     if args.json:
-        client.print_json(dict(image.labels))
+        common.print_json(dict(image.labels))
     else:
-        client.print_labels(image.labels)
+        common.print_labels(image.labels)
 
 
 def _rm(args: argparse.Namespace, stub: ImagesStub) -> None:
@@ -154,9 +154,9 @@ def _rm(args: argparse.Namespace, stub: ImagesStub) -> None:
         try:
             stub.Delete(ipb.DeleteImageRequest(name=name, sync=args.sync))
         except grpc.RpcError as err:
-            if client.is_connect_failure(err):
+            if common.is_connect_failure(err):
                 raise
-            raise client.CommandError(f"rm {name}: {client.describe(err)}") from err
+            raise common.CommandError(f"rm {name}: {common.describe(err)}") from err
 
 
 def _import(args: argparse.Namespace, channel: grpc.Channel) -> None:
@@ -167,9 +167,9 @@ def _import(args: argparse.Namespace, channel: grpc.Channel) -> None:
         done = import_archive(channel, args.archive, name=args.name, lease=args.lease,
                               progress=bar if sys.stderr.isatty() else None)
     except (ArchiveError, LayerError, ImportFailed) as err:
-        raise client.CommandError(f"import {args.archive}: {err}") from err
+        raise common.CommandError(f"import {args.archive}: {err}") from err
     if args.json:
-        client.print_json([{"name": i.name, "digest": i.target.digest,
+        common.print_json([{"name": i.name, "digest": i.target.digest,
                             "media_type": i.target.media_type, "chain_ids": i.chain_ids,
                             "applied": i.applied} for i in done])
     else:
@@ -181,24 +181,24 @@ GC_ROOT = "containerd.io/gc.root"
 
 
 def _on_image(args: argparse.Namespace, channel: grpc.Channel, key: str, view: bool) -> None:
-    daemon = Daemon(channel)
+    client = Client(channel)
     try:
-        parent = top_chain_id(daemon, args.name)
+        parent = top_chain_id(client, args.name)
     except ArchiveError as err:
-        raise client.CommandError(f"image {args.name}: {err}") from err
+        raise common.CommandError(f"image {args.name}: {err}") from err
     labels = {BASE_LABEL: args.name}
     if not args.lease:
         labels[GC_ROOT] = datetime.datetime.now(datetime.UTC).isoformat(
             timespec="seconds").replace("+00:00", "Z")
     if view:
-        mounts = daemon.snapshots.View(spb.ViewSnapshotRequest(
+        mounts = client.snapshots.View(spb.ViewSnapshotRequest(
             snapshotter=SNAPSHOTTER, key=key, parent=parent, labels=labels)).mounts
     else:
-        mounts = daemon.snapshots.Prepare(spb.PrepareSnapshotRequest(
+        mounts = client.snapshots.Prepare(spb.PrepareSnapshotRequest(
             snapshotter=SNAPSHOTTER, key=key, parent=parent, labels=labels)).mounts
     path = directory(key, mounts)
     if args.json:
-        client.print_json({"key": key, "parent": parent, "path": path,
+        common.print_json({"key": key, "parent": parent, "path": path,
                            "mounts": [mount_json(m) for m in mounts]})
     else:
         print(path)
@@ -216,9 +216,9 @@ def _commit(args: argparse.Namespace, channel: grpc.Channel) -> None:
     try:
         done = commit_image(channel, args.key, args.name, base=args.base, lease=args.lease)
     except (ArchiveError, CommitFailed) as err:
-        raise client.CommandError(f"commit {args.key}: {err}") from err
+        raise common.CommandError(f"commit {args.key}: {err}") from err
     if args.json:
-        client.print_json({"name": done.name, "digest": done.target.digest,
+        common.print_json({"name": done.name, "digest": done.target.digest,
                            "media_type": done.target.media_type, "layer": done.layer.digest,
                            "diff_id": done.diff_id, "chain_id": done.chain_id})
     else:
@@ -229,7 +229,7 @@ def _export(args: argparse.Namespace, channel: grpc.Channel) -> None:
     try:
         export_image(channel, args.name, args.archive)
     except (ArchiveError, OSError) as err:
-        raise client.CommandError(f"export {args.name}: {err}") from err
+        raise common.CommandError(f"export {args.name}: {err}") from err
 
 
 # ---------------------------------------------------------------------- parser
@@ -251,7 +251,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                            description="Image records (name -> target descriptor) of the "
                                        "fusesnap daemon, per namespace.")
     add_socket_option(group)
-    command = client.subcommands(group, "images_command", ImagesStub)
+    command = common.subcommands(group, "images_command", ImagesStub)
 
     p = command("ls", _ls, "list images (filters are OR-ed, e.g. name~=^docker.io/)",
                 aliases=["list"], json=True)
@@ -268,15 +268,15 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--size", required=True, type=_positive_size, metavar="N",
                    help="target size in bytes")
     p.add_argument("--media-type", required=True, metavar="TYPE", help="target media type")
-    p.add_argument("--label", action="append", type=client.label_arg, default=[],
+    p.add_argument("--label", action="append", type=common.label_arg, default=[],
                    metavar="KEY=VALUE", help="image label (repeatable)")
-    p.add_argument("--annotation", action="append", type=client.label_arg, default=[],
+    p.add_argument("--annotation", action="append", type=common.label_arg, default=[],
                    metavar="KEY=VALUE", help="target annotation (repeatable)")
 
     p = command("label", _label, "set labels (KEY= removes one) and print the result",
                 json=True)
     p.add_argument("name", metavar="NAME")
-    p.add_argument("labels", metavar="KEY=VALUE", nargs="+", type=client.label_arg)
+    p.add_argument("labels", metavar="KEY=VALUE", nargs="+", type=common.label_arg)
 
     p = command("rm", _rm, "delete images, stopping at the first failure",
                 aliases=["remove", "delete"])
@@ -285,7 +285,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    help="return after the garbage collection that follows")
 
     def on_channel(p: argparse.ArgumentParser, fn: Any) -> None:
-        p.set_defaults(func=lambda args: client.run(args, lambda channel: fn(args, channel)))
+        p.set_defaults(func=lambda args: common.run(args, lambda channel: fn(args, channel)))
 
     p = command("import", _import, "import the images of an OCI archive (tar of an OCI "
                 "layout) and unpack their layers into snapshots", json=True)

@@ -35,7 +35,7 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from fusesnap.cli import add_socket_option, client
+from fusesnap.cli import add_socket_option, common
 from fusesnap.cli.content import labels_text
 from fusesnap.pb import leases_pb2 as lpb
 from fusesnap.pb.leases_pb2_grpc import LeasesStub
@@ -77,7 +77,7 @@ def created_text(ts: Timestamp) -> str:
 
 
 def lease_json(lease: lpb.Lease) -> dict[str, Any]:
-    return {"id": lease.id, "created_at": client.rfc3339(lease.created_at),
+    return {"id": lease.id, "created_at": common.rfc3339(lease.created_at),
             "labels": dict(lease.labels)}
 
 
@@ -107,7 +107,7 @@ def direct_only(what: str, fn: Callable[[argparse.Namespace, Stub], int | None]
             return fn(args, stub)
         except grpc.RpcError as err:
             if is_unserved(err):
-                raise client.CommandError(
+                raise common.CommandError(
                     f"the daemon does not serve {what}: it runs in the proxy role "
                     f"(containerd owns {what} there)") from err
             raise
@@ -119,12 +119,12 @@ def direct_only(what: str, fn: Callable[[argparse.Namespace, Stub], int | None]
 
 
 def _create(args: argparse.Namespace, stub: LeasesStub) -> None:
-    labels = client.labels_of(args.label)
+    labels = common.labels_of(args.label)
     if args.expire is not None:
         labels[EXPIRE_LABEL] = expiry(args.expire)
     lease = stub.Create(lpb.CreateRequest(id=args.id or "", labels=labels)).lease
     if args.json:
-        client.print_json(lease_json(lease))
+        common.print_json(lease_json(lease))
     else:
         print(lease.id)
 
@@ -132,12 +132,12 @@ def _create(args: argparse.Namespace, stub: LeasesStub) -> None:
 def _ls(args: argparse.Namespace, stub: LeasesStub) -> None:
     leases = stub.List(lpb.ListRequest(filters=args.filters)).leases
     if args.json:
-        client.print_json([lease_json(lease) for lease in leases])
+        common.print_json([lease_json(lease) for lease in leases])
     elif args.quiet:
         for lease in leases:
             print(lease.id)
     else:
-        client.print_table(["id", "created", "labels"],
+        common.print_table(["id", "created", "labels"],
                            [(lease.id, created_text(lease.created_at),
                              labels_text(dict(lease.labels))) for lease in leases])
 
@@ -147,9 +147,9 @@ def _rm(args: argparse.Namespace, stub: LeasesStub) -> None:
         try:
             stub.Delete(lpb.DeleteRequest(id=lease_id, sync=args.sync))
         except grpc.RpcError as err:
-            if client.is_connect_failure(err) or is_unserved(err):
+            if common.is_connect_failure(err) or is_unserved(err):
                 raise
-            raise client.CommandError(f"rm {lease_id}: {client.describe(err)}") from err
+            raise common.CommandError(f"rm {lease_id}: {common.describe(err)}") from err
 
 
 def _resource(args: argparse.Namespace) -> lpb.Resource:
@@ -167,9 +167,9 @@ def _remove(args: argparse.Namespace, stub: LeasesStub) -> None:
 def _resources(args: argparse.Namespace, stub: LeasesStub) -> None:
     found = stub.ListResources(lpb.ListResourcesRequest(id=args.id)).resources
     if args.json:
-        client.print_json([resource_json(r) for r in found])
+        common.print_json([resource_json(r) for r in found])
     else:
-        client.print_table(["type", "id"], [(r.type, r.id) for r in found])
+        common.print_table(["type", "id"], [(r.type, r.id) for r in found])
 
 
 # ---------------------------------------------------------------------- parser
@@ -181,7 +181,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                            description="Leases of the fusesnap daemon, per namespace: what "
                                        "they reference is safe from garbage collection.")
     add_socket_option(group)
-    raw = client.subcommands(group, "leases_command", LeasesStub)
+    raw = common.subcommands(group, "leases_command", LeasesStub)
 
     def command(name: str, fn: Callable[[argparse.Namespace, LeasesStub], int | None],
                 help: str, **kw: Any) -> argparse.ArgumentParser:
@@ -190,7 +190,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = command("create", _create, "create a lease and print its id", json=True)
     p.add_argument("--id", default="", metavar="ID",
                    help="the lease id (default: a generated one)")
-    p.add_argument("--label", action="append", type=client.label_arg, default=[],
+    p.add_argument("--label", action="append", type=common.label_arg, default=[],
                    metavar="KEY=VALUE", help="lease label (repeatable)")
     p.add_argument("--expire", type=duration_arg, default=None, metavar="DURATION",
                    help=f"set {EXPIRE_LABEL} to now + DURATION (e.g. 24h, 30m, 90s)")

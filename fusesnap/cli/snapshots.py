@@ -29,7 +29,7 @@ from typing import Any
 
 import grpc
 
-from fusesnap.cli import add_socket_option, client
+from fusesnap.cli import add_socket_option, common
 from fusesnap.pb import mount_pb2
 from fusesnap.pb import snapshots_pb2 as spb
 from fusesnap.pb.diff_pb2 import DiffRequest
@@ -57,8 +57,8 @@ def info_json(info: spb.Info) -> dict[str, Any]:
         "parent": info.parent,
         "kind": kind_name(info.kind),
         "labels": dict(info.labels),
-        "created_at": client.rfc3339(info.created_at),
-        "updated_at": client.rfc3339(info.updated_at),
+        "created_at": common.rfc3339(info.created_at),
+        "updated_at": common.rfc3339(info.updated_at),
     }
 
 
@@ -76,7 +76,7 @@ def directory(key: str, mounts: Iterable[mount_pb2.Mount]) -> str:
     for mount in mounts:
         if mount.source:
             return mount.source
-    raise client.CommandError(f"the daemon returned no mount for {key}")
+    raise common.CommandError(f"the daemon returned no mount for {key}")
 
 
 def list_all(stub: SnapshotsStub, filters: Iterable[str] = ()) -> list[spb.Info]:
@@ -94,7 +94,7 @@ def _created(args: argparse.Namespace, key: str,
              mounts: Iterable[mount_pb2.Mount]) -> None:
     path = directory(key, mounts)
     if args.json:
-        client.print_json({"key": key, "path": path,
+        common.print_json({"key": key, "path": path,
                            "mounts": [mount_json(m) for m in mounts]})
     else:
         print(path)
@@ -103,7 +103,7 @@ def _created(args: argparse.Namespace, key: str,
 def _prepare(args: argparse.Namespace, stub: SnapshotsStub) -> None:
     resp = stub.Prepare(spb.PrepareSnapshotRequest(
         snapshotter=SNAPSHOTTER, key=args.key, parent=args.parent or "",
-        labels=client.labels_of(args.label)))
+        labels=common.labels_of(args.label)))
     _created(args, args.key, resp.mounts)
 
 
@@ -116,7 +116,7 @@ def _view(args: argparse.Namespace, stub: SnapshotsStub) -> None:
 def _mounts(args: argparse.Namespace, stub: SnapshotsStub) -> None:
     resp = stub.Mounts(spb.MountsRequest(snapshotter=SNAPSHOTTER, key=args.key))
     if args.json:
-        client.print_json([mount_json(m) for m in resp.mounts])
+        common.print_json([mount_json(m) for m in resp.mounts])
     else:
         for mount in resp.mounts:
             print(mount_text(mount))
@@ -125,7 +125,7 @@ def _mounts(args: argparse.Namespace, stub: SnapshotsStub) -> None:
 def _commit(args: argparse.Namespace, stub: SnapshotsStub) -> None:
     stub.Commit(spb.CommitSnapshotRequest(
         snapshotter=SNAPSHOTTER, name=args.name, key=args.key,
-        labels=client.labels_of(args.label)))
+        labels=common.labels_of(args.label)))
 
 
 def _rm(args: argparse.Namespace, stub: SnapshotsStub) -> None:
@@ -133,24 +133,24 @@ def _rm(args: argparse.Namespace, stub: SnapshotsStub) -> None:
         try:
             stub.Remove(spb.RemoveSnapshotRequest(snapshotter=SNAPSHOTTER, key=key))
         except grpc.RpcError as err:
-            if client.is_connect_failure(err):
+            if common.is_connect_failure(err):
                 raise
-            raise client.CommandError(f"rm {key}: {client.describe(err)}") from err
+            raise common.CommandError(f"rm {key}: {common.describe(err)}") from err
 
 
 def _ls(args: argparse.Namespace, stub: SnapshotsStub) -> None:
     infos = list_all(stub, args.filters)
     if args.json:
-        client.print_json([info_json(i) for i in infos])
+        common.print_json([info_json(i) for i in infos])
     else:
-        client.print_table(["key", "parent", "kind"],
+        common.print_table(["key", "parent", "kind"],
                            [(i.name, i.parent, kind_name(i.kind).capitalize())
                             for i in infos])
 
 
 def _info(args: argparse.Namespace, stub: SnapshotsStub) -> None:
     resp = stub.Stat(spb.StatSnapshotRequest(snapshotter=SNAPSHOTTER, key=args.key))
-    client.print_json(info_json(resp.info))
+    common.print_json(info_json(resp.info))
 
 
 def _usage(args: argparse.Namespace, stub: SnapshotsStub) -> None:
@@ -171,23 +171,23 @@ def _usage(args: argparse.Namespace, stub: SnapshotsStub) -> None:
                         and err.code() == grpc.StatusCode.NOT_FOUND):
                     raise
     if args.json:
-        client.print_json(rows[0] if args.key is not None else rows)
+        common.print_json(rows[0] if args.key is not None else rows)
     else:
-        client.print_table(["key", "size", "inodes"],
-                           [(r["key"], client.human_size(r["size"]), r["inodes"])
+        common.print_table(["key", "size", "inodes"],
+                           [(r["key"], common.human_size(r["size"]), r["inodes"])
                             for r in rows])
 
 
 def _label(args: argparse.Namespace, stub: SnapshotsStub) -> None:
-    wanted = client.labels_of(args.labels)
+    wanted = common.labels_of(args.labels)
     resp = stub.Update(spb.UpdateSnapshotRequest(
         snapshotter=SNAPSHOTTER,
         info=spb.Info(name=args.key, labels={k: v for k, v in wanted.items() if v}),
         update_mask={"paths": [f"labels.{k}" for k in wanted]}))
     if args.json:
-        client.print_json(dict(resp.info.labels))
+        common.print_json(dict(resp.info.labels))
     else:
-        client.print_labels(resp.info.labels)
+        common.print_labels(resp.info.labels)
 
 
 def forest(infos: Iterable[spb.Info]) -> list[dict[str, Any]]:
@@ -217,7 +217,7 @@ def tree_lines(nodes: Iterable[dict[str, Any]], depth: int = 0) -> Iterable[str]
 def _tree(args: argparse.Namespace, stub: SnapshotsStub) -> None:
     trees = forest(list_all(stub))
     if args.json:
-        client.print_json(trees)
+        common.print_json(trees)
     else:
         for line in tree_lines(trees):
             print(line)
@@ -226,7 +226,7 @@ def _tree(args: argparse.Namespace, stub: SnapshotsStub) -> None:
 def _diff(args: argparse.Namespace, channel: grpc.Channel) -> None:
     out = sys.stdout.buffer
     if out.isatty():
-        raise client.CommandError("refusing to write a tar to a terminal: redirect it "
+        raise common.CommandError("refusing to write a tar to a terminal: redirect it "
                                   f"(fusesnap snapshots diff {args.key} > layer.tar)")
     for resp in DifferStub(channel).Diff(DiffRequest(key=args.key)):
         out.write(resp.data)
@@ -242,10 +242,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                            help="manage snapshots (like `ctr snapshots`)",
                            description="Snapshots of the fusesnap daemon.")
     add_socket_option(group)
-    command = client.subcommands(group, "snapshots_command", SnapshotsStub)
+    command = common.subcommands(group, "snapshots_command", SnapshotsStub)
 
     def label_option(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--label", action="append", type=client.label_arg, default=[],
+        p.add_argument("--label", action="append", type=common.label_arg, default=[],
                        metavar="KEY=VALUE", help="label to set (repeatable)")
 
     p = command("prepare", _prepare, "create an active snapshot and print its directory",
@@ -286,11 +286,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = command("label", _label, "set labels (KEY= removes one) and print the result",
                 json=True)
     p.add_argument("key", metavar="KEY")
-    p.add_argument("labels", metavar="KEY=VALUE", nargs="+", type=client.label_arg)
+    p.add_argument("labels", metavar="KEY=VALUE", nargs="+", type=common.label_arg)
 
     command("tree", _tree, "print snapshots as a parent/child tree", json=True)
 
     p = command("diff", _diff, "write the changes of snapshot KEY (active or committed) "
                 "relative to its parent to stdout as an uncompressed OCI layer tar")
     p.add_argument("key", metavar="KEY")
-    p.set_defaults(func=lambda args: client.run(args, lambda channel: _diff(args, channel)))
+    p.set_defaults(func=lambda args: common.run(args, lambda channel: _diff(args, channel)))

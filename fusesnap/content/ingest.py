@@ -54,7 +54,7 @@ class Call(Protocol):
 
 
 @dataclass(frozen=True)
-class Progress:
+class IngestStatus:
     """An ingest as Status reports it."""
 
     ref: str
@@ -65,7 +65,7 @@ class Progress:
     updated_ns: int
 
 
-def progress(record: IngestRecord) -> Progress | None:
+def ingest_status(record: IngestRecord) -> IngestStatus | None:
     """The ingest's progress from its data file (size = offset, mtime = last
     write, as :meth:`Writer.write` sets it); None when the ingest was aborted
     since `record` was read."""
@@ -73,7 +73,7 @@ def progress(record: IngestRecord) -> Progress | None:
         st = os.stat(record.data)
     except FileNotFoundError:
         return None
-    return Progress(record.ref, st.st_size, record.total, record.expected,
+    return IngestStatus(record.ref, st.st_size, record.total, record.expected,
                     record.started_ns, max(record.started_ns, st.st_mtime_ns))
 
 

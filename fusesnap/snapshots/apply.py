@@ -1,6 +1,6 @@
 """Apply an OCI layer straight into an active snapshot's own layer.
 
-The daemon's twin of :func:`fusesnap.images.layer.apply_layer` (the reference:
+The daemon's twin of :func:`tests.layer_applier.apply_layer` (the reference:
 the same layer semantics, the member parsing shared with it, the same
 resulting view) without a FUSE round trip per call. Two phases:
 
@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 from fusesnap.errors import FailedPrecondition, InvalidArgument
-from fusesnap.images.layer import (
+from fusesnap.layertar import (
     CHUNK,
     Applied,
     LayerError,
@@ -74,8 +74,8 @@ Parts = tuple[bytes, ...]
 
 
 @dataclass(slots=True)
-class Entry:
-    """One member of the layer, as the writer needs it."""
+class Change:
+    """What one member of the layer changes, as the writer needs it."""
 
     what: str
     """"whiteout", "opaque", "link" or a key of _KINDS."""
@@ -97,7 +97,7 @@ class Entry:
 
 @dataclass
 class ReadLayer:
-    entries: list[Entry]
+    entries: list[Change]
     diff_id: str
     size: int
     staged: list[str]
@@ -112,12 +112,12 @@ def _show(parts: Parts) -> str:
     return show_path(tuple(os.fsdecode(p) for p in parts))
 
 
-def _entry(member: tarfile.TarInfo) -> Entry:
+def _change(member: tarfile.TarInfo) -> Change:
     what, parts = classify(member)
     if what != "entry":
-        return Entry(what, _bytes(parts))
+        return Change(what, _bytes(parts))
     mtime = int(member.mtime) * 10**9
-    e = Entry("", _bytes(parts), member.mode & 0o7777, member.uid, member.gid, mtime,
+    e = Change("", _bytes(parts), member.mode & 0o7777, member.uid, member.gid, mtime,
               xattrs=[(os.fsencode(k), v) for k, v in member_xattrs(member)])
     if member.isreg():
         e.what = "file"
@@ -160,11 +160,11 @@ def read_layer(source: IO[bytes], staging: str) -> ReadLayer:
     `staging` + a number. LayerError for a corrupt or unsafe layer (then no
     staging file is left)."""
     staged: list[str] = []
-    entries: list[Entry] = []
+    entries: list[Change] = []
     try:
         with LayerStream(source) as layer:
             for member in layer.members():
-                e = _entry(member)
+                e = _change(member)
                 if e.what == "file":
                     e.staged = f"{staging}{len(staged)}"
                     staged.append(e.staged)
@@ -221,7 +221,7 @@ class LayerWriter:
 
     # ------------------------------------------------------------------ driving
 
-    def apply(self, entries: list[Entry]) -> None:
+    def apply(self, entries: list[Change]) -> None:
         """Apply a batch of entries in one transaction; LayerError if one cannot be."""
         if not (self.view.alive and self.view.writable):
             raise LayerError("the snapshot was committed or removed during the apply")
@@ -266,7 +266,7 @@ class LayerWriter:
 
     # ------------------------------------------------------------------ entries
 
-    def _apply(self, e: Entry) -> None:
+    def _apply(self, e: Change) -> None:
         if e.what == "whiteout":
             parent = self._dir(e.parts[:-1], create=False)
             if parent is not None:
@@ -356,7 +356,7 @@ class LayerWriter:
             elif a.is_dir:
                 self._opaque(child)
 
-    def _create(self, e: Entry, parent: int) -> None:
+    def _create(self, e: Change, parent: int) -> None:
         tree, view, name = self.tree, self.view, e.parts[-1]
         self.touched.add((parent, name))  # the kernel may remember it missing
         if e.what == "link":
@@ -383,7 +383,7 @@ class LayerWriter:
         if e.what == "file":
             tree.record_blocks(view, oid)
 
-    def _metadata(self, e: Entry, oid: int) -> None:
+    def _metadata(self, e: Change, oid: int) -> None:
         """What the reference sets: owner, mode, xattrs, times (directories' at
         the end); a symlink gets its owner and times only."""
         tree, view = self.tree, self.view
@@ -488,6 +488,6 @@ class Applier:
                        skipped=writer.skipped)
 
 
-def batches(entries: list[Entry], size: int = BATCH) -> Iterable[list[Entry]]:
+def batches(entries: list[Change], size: int = BATCH) -> Iterable[list[Change]]:
     for i in range(0, len(entries), size):
         yield entries[i:i + size]

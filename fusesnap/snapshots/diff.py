@@ -39,24 +39,23 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
+from fusesnap import layertar
 from fusesnap.errors import FailedPrecondition
+from fusesnap.layertar import CHUNK, OPAQUE_MARKER, XATTR_PREFIX
 from fusesnap.snapshots.layers import ROOT_OID, Attr, LayerTree, View, data
 from fusesnap.store.metastore import Kind
 
 if TYPE_CHECKING:
     from fusesnap.snapshots.snapshotter import Snapshotter
 
-WHITEOUT_PREFIX = b".wh."
-OPAQUE_MARKER = ".wh..wh..opq"
-XATTR_PREFIX = "SCHILY.xattr."
-CHUNK = 1 << 20
+WHITEOUT_PREFIX = layertar.WHITEOUT_PREFIX.encode()
 
 Path = tuple[bytes, ...]
 """A path in the view as its components; () is the root."""
 
 
 @dataclass(frozen=True)
-class Entry:
+class Member:
     """One tar member: everything but a regular file's bytes, which are read
     from `data` (a backing file) when the tar is written."""
 
@@ -93,7 +92,7 @@ class Entry:
 class LayerDiff:
     """The entries of one layer's diff, in tar order."""
 
-    def __init__(self, entries: list[Entry]) -> None:
+    def __init__(self, entries: list[Member]) -> None:
         self.entries = entries
 
     def chunks(self, size: int = CHUNK) -> Iterator[bytes]:
@@ -121,7 +120,7 @@ class LayerDiff:
                 yield bytes(-e.size % tarfile.BLOCKSIZE)
 
 
-def _file_bytes(e: Entry) -> Iterator[bytes]:
+def _file_bytes(e: Member) -> Iterator[bytes]:
     """Exactly `e.size` bytes of the backing file (zeros past its end, if it
     shrank after the metadata was read)."""
     assert e.data is not None
@@ -269,8 +268,8 @@ class _Collector:
                 more += [child.oid for _, child in self.view.listdir(oid)]
         return more
 
-    def entries(self) -> list[Entry]:
-        keyed: dict[Path, Entry] = {}
+    def entries(self) -> list[Member]:
+        keyed: dict[Path, Member] = {}
         first_name: dict[int, str] = {}
         for path in sorted(self.objects):
             a = self.objects[path]
@@ -280,11 +279,11 @@ class _Collector:
                 if not a.is_dir:
                     first_name.setdefault(a.oid, entry.name)
         for path in self.whiteouts - self.objects.keys():
-            keyed[(*path[:-1], WHITEOUT_PREFIX + path[-1])] = Entry(
+            keyed[(*path[:-1], WHITEOUT_PREFIX + path[-1])] = Member(
                 _name((*path[:-1], WHITEOUT_PREFIX + path[-1])), tarfile.REGTYPE)
         for path in self.opaque:
             # b"" sorts the marker right after its directory, before any child.
-            keyed[(*path, b"")] = Entry(_name(path) + "/" + OPAQUE_MARKER, tarfile.REGTYPE)
+            keyed[(*path, b"")] = Member(_name(path) + "/" + OPAQUE_MARKER, tarfile.REGTYPE)
         for path in list(keyed):
             for i in range(1, len(path)):
                 parent = path[:i]
@@ -295,8 +294,8 @@ class _Collector:
                     keyed[parent] = entry
         return [keyed[p] for p in sorted(keyed)]
 
-    def entry(self, path: Path, a: Attr, link_to: str | None) -> Entry | None:
-        base = Entry(_name(path), tarfile.LNKTYPE, stat.S_IMODE(a.mode), a.uid, a.gid,
+    def entry(self, path: Path, a: Attr, link_to: str | None) -> Member | None:
+        base = Member(_name(path), tarfile.LNKTYPE, stat.S_IMODE(a.mode), a.uid, a.gid,
                      a.mtime_ns // 1_000_000_000)
         if link_to is not None:
             return replace(base, linkname=link_to)

@@ -9,8 +9,8 @@ of it under one lease (its own, unless the caller's channel carries one) so
 that no collection takes a half-made image. :func:`top_chain_id` finds the
 snapshot an image record unpacks to, for ``images prepare``/``mount``.
 
-The pieces a later ``images commit``/``export`` reuses are :class:`Daemon`
-(the stubs with the lease header), :meth:`Daemon.put_blob` and
+The pieces a later ``images commit``/``export`` reuses are :class:`Client`
+(the stubs with the lease header), :meth:`Client.put_blob` and
 :class:`StoreSource` (a :class:`BlobSource` over the content store).
 """
 
@@ -26,16 +26,16 @@ from typing import IO, Protocol
 
 import grpc
 
-from fusesnap.images.archive import (
+from fusesnap.client.archive import (
     Archive,
+    ArchiveDescriptor,
     ArchiveError,
-    Descriptor,
     Resolved,
     resolve,
     verify,
     walk,
 )
-from fusesnap.images.layer import Applied, LayerError, apply_layer
+from fusesnap.layertar import Applied, LayerError
 from fusesnap.pb import apply_pb2 as apb
 from fusesnap.pb import content_pb2 as cpb
 from fusesnap.pb import descriptor_pb2
@@ -75,7 +75,7 @@ def _code(err: grpc.RpcError) -> grpc.StatusCode | None:
 
 
 @dataclass
-class Daemon:
+class Client:
     """The daemon's stubs; every call carries `metadata` (the import's lease)."""
 
     channel: grpc.Channel
@@ -107,7 +107,7 @@ class Daemon:
             self.leases.AddResource(lpb.AddResourceRequest(
                 id=self.lease, resource=lpb.Resource(id=resource_id, type=resource_type)))
 
-    def put_blob(self, desc: Descriptor, open_data: Callable[[], IO[bytes]],
+    def put_blob(self, desc: ArchiveDescriptor, open_data: Callable[[], IO[bytes]],
                  labels: dict[str, str], progress: ProgressFactory | None = None) -> bool:
         """Store a blob with `labels` unless it is there (then add the labels it
         lacks); joins the lease either way. Returns whether bytes were sent."""
@@ -135,7 +135,7 @@ class Daemon:
             bar.update(desc.size, final=True)
         return True
 
-    def _writes(self, desc: Descriptor, data: IO[bytes], labels: dict[str, str],
+    def _writes(self, desc: ArchiveDescriptor, data: IO[bytes], labels: dict[str, str],
                 bar: Progress | None) -> Iterator[cpb.WriteContentRequest]:
         # WRITE at offset 0 restarts an ingest an earlier import left behind.
         ref = f"import-{desc.digest}"
@@ -194,7 +194,7 @@ class StoreSource:
     def __init__(self, content: ContentStub) -> None:
         self.content = content
 
-    def read_blob(self, desc: Descriptor) -> bytes:
+    def read_blob(self, desc: ArchiveDescriptor) -> bytes:
         data = b"".join(r.data for r in self.content.Read(
             cpb.ReadContentRequest(digest=desc.digest)))
         return verify(data, desc)
@@ -215,13 +215,13 @@ class StoreSource:
 @dataclass
 class Imported:
     name: str
-    target: Descriptor
+    target: ArchiveDescriptor
     chain_ids: list[str]
     applied: list[str] = field(default_factory=list)
     """Chain IDs this import applied; the others existed already."""
 
 
-def unpack(daemon: Daemon, archive: Archive, image: Resolved,
+def unpack(client: Client, archive: Archive, image: Resolved,
            progress: ProgressFactory | None = None) -> list[str]:
     """Make the snapshot chain of `image`; returns the chain IDs it applied."""
     applied: list[str] = []
@@ -229,10 +229,10 @@ def unpack(daemon: Daemon, archive: Archive, image: Resolved,
     chain = image.chain_ids
     for i, (layer, diff_id, chain_id) in enumerate(zip(image.layers, image.diff_ids, chain,
                                                        strict=True)):
-        if not daemon.committed(chain_id):
+        if not client.committed(chain_id):
             label = f"layer {i + 1}/{len(chain)} {short(layer.digest)}"
             bar = progress(label, layer.size) if progress else None
-            apply_into(daemon, chain_id, parent, layer, diff_id)
+            apply_into(client, chain_id, parent, layer, diff_id)
             if bar is not None:
                 bar.update(layer.size, final=True)
             applied.append(chain_id)
@@ -240,7 +240,7 @@ def unpack(daemon: Daemon, archive: Archive, image: Resolved,
     return applied
 
 
-def apply_into(daemon: Daemon, chain_id: str, parent: str, layer: Descriptor,
+def apply_into(client: Client, chain_id: str, parent: str, layer: ArchiveDescriptor,
                diff_id: str) -> Applied:
     """Prepare an extract snapshot on `parent`, have the daemon apply the layer
     blob `layer` (in its content store) straight into it (the Applier
@@ -249,9 +249,9 @@ def apply_into(daemon: Daemon, chain_id: str, parent: str, layer: Descriptor,
     LayerError if the daemon refuses the layer."""
     def apply(key: str, directory: str) -> Applied:
         try:
-            resp = daemon.applier.Apply(apb.ApplyRequest(
+            resp = client.applier.Apply(apb.ApplyRequest(
                 key=key, digest=layer.digest, media_type=layer.media_type, diff_id=diff_id),
-                metadata=daemon.metadata)
+                metadata=client.metadata)
         except grpc.RpcError as err:
             if _code(err) in (grpc.StatusCode.INVALID_ARGUMENT,
                               grpc.StatusCode.FAILED_PRECONDITION):
@@ -259,61 +259,51 @@ def apply_into(daemon: Daemon, chain_id: str, parent: str, layer: Descriptor,
                 raise LayerError(f"layer {layer.digest}: {details}") from None
             raise
         return Applied(diff_id=resp.diff_id, size=resp.size, skipped=list(resp.skipped))
-    return _extract(daemon, chain_id, parent, diff_id, apply)
+    return extract_layer(client, chain_id, parent, diff_id, apply)
 
 
-def apply_through_mount(daemon: Daemon, chain_id: str, parent: str, blob: IO[bytes],
-                        diff_id: str, progress: Callable[[int], None] | None = None
-                        ) -> Applied:
-    """:func:`apply_into`, but the client applies the layer read from `blob`
-    through the snapshot's directory under the mount (fusesnap.images.layer):
-    the reference the direct apply is tested against."""
-    return _extract(daemon, chain_id, parent, diff_id, lambda key, directory: apply_layer(
-        blob, directory, expected_diff_id=diff_id, progress=progress))
-
-
-def _extract(daemon: Daemon, chain_id: str, parent: str, diff_id: str,
+def extract_layer(client: Client, chain_id: str, parent: str, diff_id: str,
              apply: Callable[[str, str], Applied]) -> Applied:
     """Prepare, `apply(key, directory)`, Commit; Remove on failure."""
     key = f"{chain_id}-extract-{secrets.token_hex(6)}"
-    resp = daemon.snapshots.Prepare(spb.PrepareSnapshotRequest(
-        snapshotter=SNAPSHOTTER, key=key, parent=parent), metadata=daemon.metadata)
+    resp = client.snapshots.Prepare(spb.PrepareSnapshotRequest(
+        snapshotter=SNAPSHOTTER, key=key, parent=parent), metadata=client.metadata)
     try:
-        result = apply(key, daemon.directory(key, resp.mounts))
-        daemon.snapshots.Commit(spb.CommitSnapshotRequest(
-            snapshotter=SNAPSHOTTER, name=chain_id, key=key), metadata=daemon.metadata)
+        result = apply(key, client.directory(key, resp.mounts))
+        client.snapshots.Commit(spb.CommitSnapshotRequest(
+            snapshotter=SNAPSHOTTER, name=chain_id, key=key), metadata=client.metadata)
         return result
     except BaseException as err:
-        _remove_quietly(daemon, key)
+        _remove_quietly(client, key)
         if isinstance(err, grpc.RpcError) and _code(err) == grpc.StatusCode.ALREADY_EXISTS:
             return Applied(diff_id=diff_id, size=0)
         raise
 
 
-def _remove_quietly(daemon: Daemon, key: str) -> None:
+def _remove_quietly(client: Client, key: str) -> None:
     try:
-        daemon.snapshots.Remove(spb.RemoveSnapshotRequest(snapshotter=SNAPSHOTTER, key=key),
-                                metadata=daemon.metadata)
+        client.snapshots.Remove(spb.RemoveSnapshotRequest(snapshotter=SNAPSHOTTER, key=key),
+                                metadata=client.metadata)
     except grpc.RpcError as err:
         if _code(err) != grpc.StatusCode.NOT_FOUND:
             raise
 
 
-def pb_descriptor(desc: Descriptor) -> descriptor_pb2.Descriptor:
+def pb_descriptor(desc: ArchiveDescriptor) -> descriptor_pb2.Descriptor:
     return descriptor_pb2.Descriptor(media_type=desc.media_type, digest=desc.digest,
                                      size=desc.size, annotations=dict(desc.annotations))
 
 
-def record_image(daemon: Daemon, name: str, target: Descriptor) -> None:
+def record_image(client: Client, name: str, target: ArchiveDescriptor) -> None:
     """Create image `name` pointing at `target`, or point the existing one there."""
     image = ipb.Image(name=name, target=pb_descriptor(target))
     try:
-        daemon.images.Create(ipb.CreateImageRequest(image=image), metadata=daemon.metadata)
+        client.images.Create(ipb.CreateImageRequest(image=image), metadata=client.metadata)
     except grpc.RpcError as err:
         if _code(err) != grpc.StatusCode.ALREADY_EXISTS:
             raise
-        daemon.images.Update(ipb.UpdateImageRequest(image=image, update_mask={"paths": ["target"]}),
-                             metadata=daemon.metadata)
+        client.images.Update(ipb.UpdateImageRequest(image=image, update_mask={"paths": ["target"]}),
+                             metadata=client.metadata)
 
 
 def _plan(archive: Archive, name: str | None) -> list[tuple[str, Resolved]]:
@@ -340,61 +330,61 @@ def import_archive(channel: grpc.Channel, path: str | os.PathLike[str], *,
     ImportFailed or grpc.RpcError."""
     with Archive(path) as archive:
         plan = _plan(archive, name)  # every document read and checked before any change
-        with leased(Daemon(channel), lease, "import") as daemon:
-            return _import(daemon, archive, plan, progress)
+        with leased(Client(channel), lease, "import") as client:
+            return _import(client, archive, plan, progress)
 
 
 @contextmanager
-def leased(daemon: Daemon, lease: str | None, purpose: str) -> Iterator[Daemon]:
-    """`daemon` under `lease` (the channel carries it already), or under a new
+def leased(client: Client, lease: str | None, purpose: str) -> Iterator[Client]:
+    """`client` under `lease` (the channel carries it already), or under a new
     lease of its own that expires in 24 h and is deleted on the way out."""
     if lease is not None:
-        daemon.lease = lease
-        yield daemon
+        client.lease = lease
+        yield client
         return
-    daemon.lease = f"fusesnap-{purpose}-{secrets.token_hex(8)}"
-    daemon.lease_header = True
+    client.lease = f"fusesnap-{purpose}-{secrets.token_hex(8)}"
+    client.lease_header = True
     expire = datetime.datetime.now(datetime.UTC) + LEASE_TTL
-    daemon.leases.Create(lpb.CreateRequest(id=daemon.lease, labels={
+    client.leases.Create(lpb.CreateRequest(id=client.lease, labels={
         EXPIRE_LABEL: expire.isoformat(timespec="seconds").replace("+00:00", "Z")}))
     try:
-        yield daemon
+        yield client
     finally:
-        daemon.leases.Delete(lpb.DeleteRequest(id=daemon.lease))
+        client.leases.Delete(lpb.DeleteRequest(id=client.lease))
 
 
 
-def _import(daemon: Daemon, archive: Archive, plan: list[tuple[str, Resolved]],
+def _import(client: Client, archive: Archive, plan: list[tuple[str, Resolved]],
             progress: ProgressFactory | None) -> list[Imported]:
     done: list[Imported] = []
     for image_name, image in plan:
         for desc, labels in walk(archive, image):
             if desc == image.config and image.layers:
                 labels = {**labels, REF_SNAPSHOT: image.chain_ids[-1]}
-            daemon.put_blob(desc, _opener(archive, desc), labels, progress)
-        applied = unpack(daemon, archive, image, progress)
-        record_image(daemon, image_name, image.target)
+            client.put_blob(desc, _opener(archive, desc), labels, progress)
+        applied = unpack(client, archive, image, progress)
+        record_image(client, image_name, image.target)
         done.append(Imported(image_name, image.target, image.chain_ids, applied))
     return done
 
 
-def _opener(archive: Archive, desc: Descriptor) -> Callable[[], IO[bytes]]:
+def _opener(archive: Archive, desc: ArchiveDescriptor) -> Callable[[], IO[bytes]]:
     return lambda: archive.open_blob(desc)
 
 
 # ---------------------------------------------------------------------- image records
 
 
-def top_chain_id(daemon: Daemon, name: str) -> str:
+def top_chain_id(client: Client, name: str) -> str:
     """The chain ID of the top layer of image `name` for this platform ("" for
     an image without layers), from its documents in the content store."""
-    image = daemon.images.Get(ipb.GetImageRequest(name=name)).image
+    image = client.images.Get(ipb.GetImageRequest(name=name)).image
     t = image.target
-    target = Descriptor(t.media_type, t.digest, t.size, dict(t.annotations))
-    chain = resolve(StoreSource(daemon.content), target).chain_ids
+    target = ArchiveDescriptor(t.media_type, t.digest, t.size, dict(t.annotations))
+    chain = resolve(StoreSource(client.content), target).chain_ids
     return chain[-1] if chain else ""
 
 
-__all__ = ["ArchiveError", "Daemon", "ImportFailed", "Imported", "LayerError", "StoreSource",
-           "apply_into", "apply_through_mount", "import_archive", "leased", "record_image",
+__all__ = ["ArchiveError", "Client", "ImportFailed", "Imported", "LayerError", "StoreSource",
+           "apply_into", "extract_layer", "import_archive", "leased", "record_image",
            "top_chain_id", "unpack"]

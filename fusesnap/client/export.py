@@ -19,8 +19,8 @@ from collections.abc import Iterator
 
 import grpc
 
-from fusesnap.images.archive import REF_NAME, Descriptor, parse_json, resolve
-from fusesnap.images.importer import Daemon, StoreSource
+from fusesnap.client.archive import REF_NAME, ArchiveDescriptor, parse_json, resolve
+from fusesnap.client.importer import Client, StoreSource
 from fusesnap.pb import content_pb2 as cpb
 from fusesnap.pb import images_pb2 as ipb
 
@@ -60,14 +60,15 @@ def _member(name: str, size: int = 0, directory: bool = False) -> tarfile.TarInf
     return info
 
 
-def export_image(channel: grpc.Channel, name: str, path: str | os.PathLike[str]) -> Descriptor:
+def export_image(channel: grpc.Channel, name: str, path: str | os.PathLike[str]
+                 ) -> ArchiveDescriptor:
     """Write image `name` to `path` (see the module docstring); returns the
     manifest descriptor index.json names. Raises ArchiveError (an invalid
     document), grpc.RpcError (NotFound: no such image or a missing blob) or OSError."""
-    daemon = Daemon(channel)
-    t = daemon.images.Get(ipb.GetImageRequest(name=name)).image.target
-    source = StoreSource(daemon.content)
-    image = resolve(source, Descriptor(t.media_type, t.digest, t.size, dict(t.annotations)))
+    client = Client(channel)
+    t = client.images.Get(ipb.GetImageRequest(name=name)).image.target
+    source = StoreSource(client.content)
+    image = resolve(source, ArchiveDescriptor(t.media_type, t.digest, t.size, dict(t.annotations)))
     config = parse_json(source.read_blob(image.config), f"config {image.config.digest}")
     platform = {k: config[k] for k in ("architecture", "os", "variant") if config.get(k)}
     entry = {"mediaType": image.manifest.media_type, "digest": image.manifest.digest,
@@ -91,7 +92,7 @@ def export_image(channel: grpc.Channel, name: str, path: str | os.PathLike[str])
             for digest in sorted(blobs):
                 desc = blobs[digest]
                 alg, _, hexdigest = digest.partition(":")
-                data = (r.data for r in daemon.content.Read(
+                data = (r.data for r in client.content.Read(
                     cpb.ReadContentRequest(digest=digest)))
                 tar.addfile(_member(f"blobs/{alg}/{hexdigest}", desc.size),
                             io.BufferedReader(_Chunks(data), CHUNK))

@@ -1,190 +1,47 @@
-"""Apply one OCI layer (a tar stream: uncompressed, gzip or zstd) to a directory.
+"""The reference layer applier: a layer applied through a directory with
+ordinary system calls (for a snapshot, its directory under the mount), what
+the daemon's direct applier (fusesnap/snapshots/apply.py) is tested against.
+The tests use it; the product does not.
 
-:func:`apply_layer` is the whole interface: it reads the layer from a binary
-stream, writes the changes it describes into a directory (for a snapshot,
-its directory under the mount: the reference behaviour of the daemon's direct
-applier, fusesnap.snapshots.apply, which shares :class:`LayerStream`,
-:func:`classify` and :func:`member_xattrs` with it), and returns the
-layer's diff_id (the sha256 of the uncompressed tar), checked against the one
-the image config names.
+:func:`apply_layer` reads the layer from a binary stream (fusesnap.layertar
+says what a layer may say), writes the changes it describes into a
+directory, and returns what it did, with the layer's diff_id.
 
-What a layer may say, as the OCI image spec and containerd's applier read it:
-
-- ``dir/.wh.name`` deletes ``dir/name`` of the layers below;
-  ``dir/.wh..wh..opq`` hides everything below ``dir`` that this layer does
-  not itself write (before or after the marker);
-- an entry replaces what is at its path, unless both are directories (then
-  only the directory's metadata changes); missing parents are made (0755);
-- regular files, directories, symlinks, hard links, fifos, and device nodes
-  (skipped where mknod is refused); owners, modes (setuid, setgid, sticky),
-  modification times, and ``SCHILY.xattr.*`` PAX records as extended
-  attributes.
-
-Safety: a member name that is absolute or has a ``..`` component is refused,
-and so is one whose parent is a symlink: every parent is opened component by
-component with ``O_NOFOLLOW`` from the target directory, and every change is
-made relative to the parent's descriptor, so nothing the layer writes can land
-outside the target directory. (containerd instead resolves such symlinks
-inside the root; layers written by image builders never need that.)
-
-Ownership the caller may not set (an ordinary user's ``chown`` gets
-``EPERM``) and extended attributes the file system refuses are skipped and
-counted in :attr:`Applied.skipped`; the files are written all the same.
-
-Compression is recognised by its magic bytes; zstd goes through Debian's
-``zstd`` program (a subprocess), gzip through Python's zlib.
+Safety: a member whose parent is a symlink is refused: every parent is opened
+component by component with ``O_NOFOLLOW`` from the target directory, and
+every change is made relative to the parent's descriptor, so nothing the
+layer writes can land outside the target directory. (containerd instead
+resolves such symlinks inside the root; layers written by image builders
+never need that.) Ownership the caller may not set (an ordinary user's
+``chown`` gets ``EPERM``), extended attributes the file system refuses and
+device nodes where mknod is refused are skipped and counted in
+:attr:`Applied.skipped`; the files are written all the same.
 """
 
 from __future__ import annotations
 
 import errno
 import gzip
-import hashlib
-import io
 import os
 import shutil
 import stat
-import subprocess
 import tarfile
-import threading
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from typing import IO, BinaryIO, cast
+from collections.abc import Callable
+from typing import IO, BinaryIO
 
-WHITEOUT_PREFIX = ".wh."
-OPAQUE_MARKER = ".wh..wh..opq"
-XATTR_PREFIX = "SCHILY.xattr."
-
-GZIP_MAGIC = b"\x1f\x8b"
-ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
-
-CHUNK = 1 << 20
-
-
-class LayerError(Exception):
-    """The layer cannot be applied: an unsafe or impossible entry, a corrupt
-    stream, or a diff_id other than the expected one."""
-
-
-@dataclass
-class Applied:
-    """What :func:`apply_layer` did."""
-
-    diff_id: str
-    size: int
-    """Bytes of the uncompressed tar."""
-    entries: int = 0
-    skipped: list[str] = field(default_factory=list)
-    """What could not be set (owners, xattrs, device nodes), one line each."""
-
-
-Progress = Callable[[int], None]
-"""Called now and then with the number of (compressed) bytes read so far."""
-
-
-# ---------------------------------------------------------------------- streams
-
-
-class _Counting(io.RawIOBase):
-    """A raw reader over `source` that counts (and optionally hashes) what it reads."""
-
-    def __init__(self, source: IO[bytes], progress: Progress | None = None,
-                 hashing: bool = False) -> None:
-        self.source = source
-        self.count = 0
-        self.progress = progress
-        self.hash = hashlib.sha256() if hashing else None
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
-        data = self.source.read(len(buffer))
-        n = len(data)
-        buffer[:n] = data
-        self.count += n
-        if self.hash is not None:
-            self.hash.update(data)
-        if self.progress is not None and n:
-            self.progress(self.count)
-        return n
-
-    def drain(self) -> None:
-        while self.readinto(memoryview(bytearray(CHUNK))):
-            pass
-
-
-class _Zstd:
-    """``zstd -dc`` fed from `source` by a thread; read the decompressed bytes
-    from :attr:`stdout`, then call :meth:`close`."""
-
-    def __init__(self, source: IO[bytes]) -> None:
-        try:
-            self.proc = subprocess.Popen(["zstd", "-dcq"], stdin=subprocess.PIPE,
-                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        except FileNotFoundError:
-            raise LayerError("zstd layers need the zstd program "
-                             "(Debian: apt-get install zstd)") from None
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.stdout: IO[bytes] = self.proc.stdout
-        self.feed_error: BaseException | None = None
-        self.feeder = threading.Thread(target=self._feed, args=(source, self.proc.stdin),
-                                       daemon=True)
-        self.feeder.start()
-
-    def _feed(self, source: IO[bytes], sink: IO[bytes]) -> None:
-        try:
-            while chunk := source.read(CHUNK):
-                sink.write(chunk)
-        except BrokenPipeError:
-            pass  # zstd stopped reading: its exit status says why
-        except BaseException as e:  # reported by close()
-            self.feed_error = e
-        finally:
-            try:
-                sink.close()
-            except BrokenPipeError:
-                pass
-
-    def close(self) -> None:
-        """Wait for zstd; LayerError if it or the feeding failed."""
-        self.stdout.read()  # let zstd finish even if the tar ended early
-        self.feeder.join()
-        assert self.proc.stderr is not None
-        err = self.proc.stderr.read().decode(errors="replace").strip()
-        code = self.proc.wait()
-        if self.feed_error is not None:
-            raise self.feed_error
-        if code != 0:
-            raise LayerError(f"zstd: {err or f'exit status {code}'}")
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
-        self.feeder.join()
-        for f in (self.proc.stdout, self.proc.stderr):
-            if f is not None:
-                f.close()
-
-
-# ---------------------------------------------------------------------- paths
-
-
-def member_path(name: str) -> tuple[str, ...]:
-    """The components of a member name (``./`` and empty ones dropped);
-    LayerError for an absolute name or a ``..`` component."""
-    if name.startswith("/"):
-        raise LayerError(f"absolute path in layer: {name!r}")
-    parts = tuple(p for p in name.split("/") if p not in ("", "."))
-    if ".." in parts:
-        raise LayerError(f"path escapes the layer root: {name!r}")
-    return parts
-
-
-def show_path(parts: tuple[str, ...]) -> str:
-    """A member path as the messages show it: `/a/b`."""
-    return "/" + "/".join(parts)
+from fusesnap.client.importer import Client, extract_layer
+from fusesnap.layertar import (
+    CHUNK,
+    Applied,
+    LayerError,
+    LayerStream,
+    ReadProgress,
+    check_diff_id,
+    classify,
+    member_path,
+    member_xattrs,
+    show_path,
+)
 
 
 def _at(dirfd: int, name: str) -> str:
@@ -431,108 +288,9 @@ class _Applier:
                 os.utime(fd, ns=(mtime, mtime))
 
 
-def _decompressed(raw: _Counting) -> tuple[IO[bytes], _Zstd | None]:
-    """The uncompressed stream of `raw`, by its magic bytes."""
-    buffered = io.BufferedReader(raw, CHUNK)
-    magic = buffered.peek(4)[:4]
-    if magic.startswith(GZIP_MAGIC):
-        return cast(IO[bytes], gzip.GzipFile(fileobj=buffered, mode="rb")), None
-    if magic == ZSTD_MAGIC:
-        z = _Zstd(buffered)
-        return z.stdout, z
-    return buffered, None
-
-
-class LayerStream:
-    """The tar members of a layer read once from `source` (uncompressed, gzip
-    or zstd), and after the last one its diff_id and size. Use as a context
-    manager; LayerError for a stream that is not a (complete) layer. Shared by
-    :func:`apply_layer` and the daemon's direct applier (fusesnap.snapshots.apply)."""
-
-    def __init__(self, source: BinaryIO | IO[bytes], progress: Progress | None = None) -> None:
-        self._raw = _Counting(source, progress)
-        self._zstd: _Zstd | None = None
-        self._plain: _Counting | None = None
-        self.tar: tarfile.TarFile | None = None
-
-    def __enter__(self) -> LayerStream:
-        try:
-            stream, self._zstd = _decompressed(self._raw)
-            self._plain = _Counting(stream, hashing=True)
-            self.tar = tarfile.open(fileobj=io.BufferedReader(self._plain, CHUNK), mode="r|")
-        except tarfile.ReadError as e:
-            self.close()
-            raise LayerError(f"not a tar stream: {e}") from None
-        except (tarfile.TarError, EOFError, gzip.BadGzipFile, OSError) as e:
-            self.close()
-            raise LayerError(f"corrupt layer: {e}") from None
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        if self._zstd is not None:
-            self._zstd.kill()
-            self._zstd = None
-
-    def members(self) -> Iterator[tarfile.TarInfo]:
-        """The members in order; read a regular file's bytes with
-        :meth:`extractfile` before asking for the next member."""
-        assert self.tar is not None
-        try:
-            yield from self.tar
-        except (tarfile.TarError, EOFError, gzip.BadGzipFile) as e:
-            raise LayerError(f"corrupt layer: {e}") from None
-
-    def extractfile(self, member: tarfile.TarInfo) -> IO[bytes]:
-        assert self.tar is not None
-        src = self.tar.extractfile(member)
-        assert src is not None
-        return src
-
-    def finish(self) -> tuple[str, int]:
-        """Read to the end; (diff_id, bytes of the uncompressed tar)."""
-        assert self._plain is not None and self._plain.hash is not None
-        try:
-            self._plain.drain()  # the padding after the end-of-archive blocks counts too
-            if self._zstd is not None:
-                self._zstd.close()
-                self._zstd = None
-        except (EOFError, gzip.BadGzipFile) as e:
-            raise LayerError(f"corrupt layer: {e}") from None
-        return "sha256:" + self._plain.hash.hexdigest(), self._plain.count
-
-
-def check_diff_id(diff_id: str, expected: str | None) -> None:
-    """LayerError unless `expected` is empty or `diff_id`."""
-    if expected and diff_id != expected:
-        raise LayerError(f"diff_id mismatch: the layer is {diff_id}, "
-                         f"the image config says {expected}")
-
-
-def classify(member: tarfile.TarInfo) -> tuple[str, tuple[str, ...]]:
-    """What a member says, by its name: ("whiteout", path deleted),
-    ("opaque", directory made opaque) or ("entry", its path). LayerError for
-    an unsafe name."""
-    parts = member_path(member.name)
-    base = parts[-1] if parts else ""
-    if base.startswith(WHITEOUT_PREFIX):
-        if base == OPAQUE_MARKER:
-            return "opaque", parts[:-1]
-        return "whiteout", (*parts[:-1], base[len(WHITEOUT_PREFIX):])
-    return "entry", parts
-
-
-def member_xattrs(member: tarfile.TarInfo) -> list[tuple[str, bytes]]:
-    """The extended attributes of `member` (its ``SCHILY.xattr.*`` PAX records)."""
-    return [(key[len(XATTR_PREFIX):], value.encode("utf-8", "surrogateescape"))
-            for key, value in member.pax_headers.items() if key.startswith(XATTR_PREFIX)]
-
-
 def apply_layer(source: BinaryIO | IO[bytes], target: str | os.PathLike[str], *,
                 expected_diff_id: str | None = None,
-                progress: Progress | None = None) -> Applied:
+                progress: ReadProgress | None = None) -> Applied:
     """Apply the layer read from `source` to directory `target` (see the module
     docstring). LayerError if the layer is unsafe, corrupt or its diff_id is
     not `expected_diff_id`; what was applied up to then stays in `target`,
@@ -555,3 +313,13 @@ def apply_layer(source: BinaryIO | IO[bytes], target: str | os.PathLike[str], *,
             applier.close()
     check_diff_id(applied.diff_id, expected_diff_id)
     return applied
+
+
+def apply_through_mount(client: Client, chain_id: str, parent: str, blob: IO[bytes],
+                        diff_id: str, progress: Callable[[int], None] | None = None
+                        ) -> Applied:
+    """:func:`apply_into`, but the client applies the layer read from `blob`
+    through the snapshot's directory under the mount (apply_layer above):
+    the reference the direct apply is tested against."""
+    return extract_layer(client, chain_id, parent, diff_id, lambda key, directory: apply_layer(
+        blob, directory, expected_diff_id=diff_id, progress=progress))

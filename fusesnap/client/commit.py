@@ -31,17 +31,17 @@ from typing import Any
 
 import grpc
 
-from fusesnap.images.archive import (
-    Descriptor,
+from fusesnap.client.archive import (
+    ArchiveDescriptor,
     Resolved,
     chain_ids,
     parse_json,
     resolve,
 )
-from fusesnap.images.importer import (
+from fusesnap.client.importer import (
     REF_SNAPSHOT,
     SNAPSHOTTER,
-    Daemon,
+    Client,
     ImportFailed,
     StoreSource,
     leased,
@@ -67,8 +67,8 @@ class CommitFailed(ImportFailed):
 @dataclass
 class Committed:
     name: str
-    target: Descriptor
-    layer: Descriptor
+    target: ArchiveDescriptor
+    layer: ArchiveDescriptor
     diff_id: str
     chain_id: str
 
@@ -93,7 +93,7 @@ class _HashingFile:
         self.file.close()
 
 
-def write_layer(differ: DifferStub, key: str, path: str) -> tuple[Descriptor, str]:
+def write_layer(differ: DifferStub, key: str, path: str) -> tuple[ArchiveDescriptor, str]:
     """Stream the diff of `key` gzipped into `path`; (blob descriptor without
     media type, diff_id). The gzip header has no name and no time, so the same
     diff gives the same blob."""
@@ -107,7 +107,7 @@ def write_layer(differ: DifferStub, key: str, path: str) -> tuple[Descriptor, st
                 gz.write(resp.data)
     finally:
         sink.close()
-    blob = Descriptor("", "sha256:" + sink.hash.hexdigest(), sink.size)
+    blob = ArchiveDescriptor("", "sha256:" + sink.hash.hexdigest(), sink.size)
     return blob, "sha256:" + raw.hexdigest()
 
 
@@ -115,8 +115,8 @@ def _json(doc: Any) -> bytes:
     return json.dumps(doc, separators=(",", ":")).encode()
 
 
-def _base(daemon: Daemon, key: str, base: str | None) -> tuple[spb.Info, str, Resolved]:
-    info = daemon.snapshots.Stat(spb.StatSnapshotRequest(snapshotter=SNAPSHOTTER,
+def _base(client: Client, key: str, base: str | None) -> tuple[spb.Info, str, Resolved]:
+    info = client.snapshots.Stat(spb.StatSnapshotRequest(snapshotter=SNAPSHOTTER,
                                                          key=key)).info
     if info.kind != spb.ACTIVE:
         raise CommitFailed(f"snapshot {key} is not active")
@@ -124,10 +124,10 @@ def _base(daemon: Daemon, key: str, base: str | None) -> tuple[spb.Info, str, Re
     if not name:
         raise CommitFailed(f"snapshot {key} was not made by `images prepare`: "
                            "name its image with --base")
-    image = daemon.images.Get(ipb.GetImageRequest(name=name)).image
+    image = client.images.Get(ipb.GetImageRequest(name=name)).image
     t = image.target
-    resolved = resolve(StoreSource(daemon.content),
-                       Descriptor(t.media_type, t.digest, t.size, dict(t.annotations)))
+    resolved = resolve(StoreSource(client.content),
+                       ArchiveDescriptor(t.media_type, t.digest, t.size, dict(t.annotations)))
     top = resolved.chain_ids[-1] if resolved.layers else ""
     if info.parent != top:
         raise CommitFailed(f"snapshot {key} is not on the top layer of image {name} "
@@ -140,18 +140,18 @@ def commit_image(channel: grpc.Channel, key: str, name: str, *, base: str | None
                  lease: str | None = None) -> Committed:
     """Make image `name` from active snapshot `key` (see the module docstring).
     Raises CommitFailed, ArchiveError (a base document is invalid) or grpc.RpcError."""
-    with leased(Daemon(channel), lease, "commit") as daemon:
-        _, base_name, image = _base(daemon, key, base)
-        source = StoreSource(daemon.content)
+    with leased(Client(channel), lease, "commit") as client:
+        _, base_name, image = _base(client, key, base)
+        source = StoreSource(client.content)
         manifest = parse_json(source.read_blob(image.manifest), f"manifest of {base_name}")
         config = parse_json(source.read_blob(image.config), f"config of {base_name}")
         with tempfile.TemporaryDirectory(prefix="fusesnap-commit-") as tmp:
             path = os.path.join(tmp, "layer")
             blob, diff_id = write_layer(DifferStub(channel), key, path)
             docker = image.manifest.media_type == DOCKER_MANIFEST
-            layer = Descriptor(DOCKER_LAYER_GZIP if docker else LAYER_GZIP, blob.digest,
+            layer = ArchiveDescriptor(DOCKER_LAYER_GZIP if docker else LAYER_GZIP, blob.digest,
                                blob.size)
-            daemon.put_blob(layer, lambda: open(path, "rb"), {UNCOMPRESSED_LABEL: diff_id})
+            client.put_blob(layer, lambda: open(path, "rb"), {UNCOMPRESSED_LABEL: diff_id})
         chain_id = chain_ids([*image.diff_ids, diff_id])[-1]
 
         now = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds").replace(
@@ -162,10 +162,10 @@ def commit_image(channel: grpc.Channel, key: str, name: str, *, base: str | None
         config["history"] = [*config.get("history", []),
                              {"created": now, "created_by": f"fusesnap images commit {key}"}]
         config_data = _json(config)
-        config_desc = Descriptor(image.config.media_type,
+        config_desc = ArchiveDescriptor(image.config.media_type,
                                  "sha256:" + hashlib.sha256(config_data).hexdigest(),
                                  len(config_data))
-        daemon.put_blob(config_desc, lambda: io.BytesIO(config_data), {REF_SNAPSHOT: chain_id})
+        client.put_blob(config_desc, lambda: io.BytesIO(config_data), {REF_SNAPSHOT: chain_id})
 
         layers = [*manifest.get("layers", []),
                   {"mediaType": layer.media_type, "digest": layer.digest, "size": layer.size}]
@@ -173,16 +173,16 @@ def commit_image(channel: grpc.Channel, key: str, name: str, *, base: str | None
                               "size": config_desc.size}
         manifest["layers"] = layers
         manifest_data = _json(manifest)
-        target = Descriptor(image.manifest.media_type,
+        target = ArchiveDescriptor(image.manifest.media_type,
                             "sha256:" + hashlib.sha256(manifest_data).hexdigest(),
                             len(manifest_data))
-        daemon.put_blob(target, lambda: io.BytesIO(manifest_data), {
+        client.put_blob(target, lambda: io.BytesIO(manifest_data), {
             "containerd.io/gc.ref.content.config": config_desc.digest,
             **{f"containerd.io/gc.ref.content.l.{i}": d["digest"]
                for i, d in enumerate(layers)}})
 
-        if not daemon.committed(chain_id):
-            daemon.snapshots.Commit(spb.CommitSnapshotRequest(
-                snapshotter=SNAPSHOTTER, name=chain_id, key=key), metadata=daemon.metadata)
-        record_image(daemon, name, target)
+        if not client.committed(chain_id):
+            client.snapshots.Commit(spb.CommitSnapshotRequest(
+                snapshotter=SNAPSHOTTER, name=chain_id, key=key), metadata=client.metadata)
+        record_image(client, name, target)
         return Committed(name, target, layer, diff_id, chain_id)

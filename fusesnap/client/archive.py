@@ -5,7 +5,7 @@ An :class:`Archive` is a tar of an OCI image layout (``oci-layout``,
 and ``docker save`` (Docker 25+) write, or such a layout unpacked in a
 directory. Its blobs are read in place, never extracted.
 
-The document model — :class:`Descriptor`, :func:`resolve` (index → manifest
+The document model — :class:`ArchiveDescriptor`, :func:`resolve` (index → manifest
 for a platform → config → diff_ids), :func:`chain_ids` — reads from any
 :class:`BlobSource`, so the same code walks an archive before an import and the
 content store after it (``fusesnap images prepare``).
@@ -79,13 +79,13 @@ def host_platform() -> Platform:
 
 
 @dataclass(frozen=True)
-class Descriptor(store.Descriptor):
+class ArchiveDescriptor(store.Descriptor):
     """An OCI descriptor as an archive holds it: a target plus its platform."""
 
     platform: Mapping[str, Any] | None = None
 
     @classmethod
-    def parse(cls, doc: Any, where: str) -> Descriptor:
+    def parse(cls, doc: Any, where: str) -> ArchiveDescriptor:
         if not isinstance(doc, dict):
             raise ArchiveError(f"{where}: a descriptor must be an object")
         digest, size = doc.get("digest"), doc.get("size")
@@ -108,7 +108,7 @@ class Descriptor(store.Descriptor):
 
 
 class BlobSource(Protocol):
-    def read_blob(self, desc: Descriptor) -> bytes:
+    def read_blob(self, desc: ArchiveDescriptor) -> bytes:
         """The bytes of `desc`, checked against its digest and size."""
 
     def has_blob(self, digest: str) -> bool: ...
@@ -124,23 +124,23 @@ def parse_json(data: bytes, what: str) -> dict[str, Any]:
     return doc
 
 
-def _descriptors(doc: dict[str, Any], key: str, what: str) -> list[Descriptor]:
+def _descriptors(doc: dict[str, Any], key: str, what: str) -> list[ArchiveDescriptor]:
     items = doc.get(key)
     if not isinstance(items, list):
         raise ArchiveError(f"{what} has no {key} list")
-    return [Descriptor.parse(d, f"{what} {key}[{i}]") for i, d in enumerate(items)]
+    return [ArchiveDescriptor.parse(d, f"{what} {key}[{i}]") for i, d in enumerate(items)]
 
 
 @dataclass
 class Resolved:
     """One image, from its target down to its layers, for one platform."""
 
-    target: Descriptor
-    indexes: list[tuple[Descriptor, list[Descriptor]]]
+    target: ArchiveDescriptor
+    indexes: list[tuple[ArchiveDescriptor, list[ArchiveDescriptor]]]
     """Every index on the way, with its children (other platforms included)."""
-    manifest: Descriptor
-    config: Descriptor
-    layers: list[Descriptor]
+    manifest: ArchiveDescriptor
+    config: ArchiveDescriptor
+    layers: list[ArchiveDescriptor]
     diff_ids: list[str]
 
     @property
@@ -148,12 +148,13 @@ class Resolved:
         return chain_ids(self.diff_ids)
 
 
-def resolve(source: BlobSource, target: Descriptor, plat: Platform | None = None) -> Resolved:
+def resolve(source: BlobSource, target: ArchiveDescriptor,
+            plat: Platform | None = None) -> Resolved:
     """Walk `target` (an index or a manifest) to the manifest for `plat` (the
     host by default), its config and layers. ArchiveError if a document is
     missing or invalid, no manifest fits, or layers and diff_ids disagree."""
     plat = plat or host_platform()
-    indexes: list[tuple[Descriptor, list[Descriptor]]] = []
+    indexes: list[tuple[ArchiveDescriptor, list[ArchiveDescriptor]]] = []
     desc = target
     while desc.is_index:
         if len(indexes) > 8:
@@ -165,7 +166,7 @@ def resolve(source: BlobSource, target: Descriptor, plat: Platform | None = None
     if not desc.is_manifest:
         raise ArchiveError(f"{desc.digest}: unsupported media type {desc.media_type!r}")
     manifest = parse_json(source.read_blob(desc), f"manifest {desc.digest}")
-    config = Descriptor.parse(manifest.get("config"), f"manifest {desc.digest} config")
+    config = ArchiveDescriptor.parse(manifest.get("config"), f"manifest {desc.digest} config")
     layers = _descriptors(manifest, "layers", f"manifest {desc.digest}")
     cfg = parse_json(source.read_blob(config), f"config {config.digest}")
     rootfs = cfg.get("rootfs")
@@ -178,7 +179,7 @@ def resolve(source: BlobSource, target: Descriptor, plat: Platform | None = None
     return Resolved(target, indexes, desc, config, layers, list(diff_ids))
 
 
-def _pick(children: Sequence[Descriptor], plat: Platform, where: str) -> Descriptor:
+def _pick(children: Sequence[ArchiveDescriptor], plat: Platform, where: str) -> ArchiveDescriptor:
     candidates = [c for c in children if c.is_index or c.is_manifest]
     if len(candidates) == 1 and candidates[0].platform is None:
         return candidates[0]
@@ -200,7 +201,7 @@ def chain_ids(diff_ids: Sequence[str]) -> list[str]:
     return out
 
 
-def verify(data: bytes, desc: Descriptor) -> bytes:
+def verify(data: bytes, desc: ArchiveDescriptor) -> bytes:
     """`data` if it has `desc`'s size and digest, else ArchiveError."""
     alg, _, want = desc.digest.partition(":")
     if alg not in ("sha256", "sha384", "sha512"):
@@ -217,10 +218,10 @@ def verify(data: bytes, desc: Descriptor) -> bytes:
 
 
 @dataclass(frozen=True)
-class Entry:
+class IndexEntry:
     """One image index.json names: its target and the name it gives it (if any)."""
 
-    target: Descriptor
+    target: ArchiveDescriptor
     name: str | None
 
 
@@ -336,7 +337,7 @@ class Archive:
     def blob_size(self, digest: str) -> int:
         return self._size(self._blob_name(digest))
 
-    def open_blob(self, desc: Descriptor) -> IO[bytes]:
+    def open_blob(self, desc: ArchiveDescriptor) -> IO[bytes]:
         """A reader of the blob's bytes (not verified: the content store and
         the layer's diff_id check them). ArchiveError if it is missing or has
         another size."""
@@ -348,7 +349,7 @@ class Archive:
                                f"bytes, its descriptor says {desc.size}")
         return self._open(name)
 
-    def read_blob(self, desc: Descriptor) -> bytes:
+    def read_blob(self, desc: ArchiveDescriptor) -> bytes:
         if desc.size > MAX_DOCUMENT:
             raise ArchiveError(f"{desc.digest}: a document larger than {MAX_DOCUMENT} bytes")
         with self.open_blob(desc) as f:
@@ -356,17 +357,18 @@ class Archive:
 
     # images --------------------------------------------------------------
 
-    def entries(self) -> list[Entry]:
+    def entries(self) -> list[IndexEntry]:
         """The images index.json lists, each with its ref name annotation."""
         index = parse_json(self._read("index.json", MAX_DOCUMENT), "index.json")
-        out = [Entry(d, d.annotations.get(REF_NAME) or None)
+        out = [IndexEntry(d, d.annotations.get(REF_NAME) or None)
                for d in _descriptors(index, "manifests", "index.json")]
         if not out:
             raise ArchiveError(f"{self.path}: index.json lists no image")
         return out
 
 
-def walk(source: BlobSource, resolved: Resolved) -> Iterator[tuple[Descriptor, dict[str, str]]]:
+def walk(source: BlobSource, resolved: Resolved
+         ) -> Iterator[tuple[ArchiveDescriptor, dict[str, str]]]:
     """Every blob of `resolved` that `source` has, children first, each with
     containerd's ``gc.ref.content`` labels naming its children (``.m.<i>`` on
     an index, ``.config`` and ``.l.<i>`` on a manifest)."""
