@@ -26,9 +26,9 @@ requests per operation with their mean µs.
 
 Workloads run with the view as their working directory (relative paths), as a
 process in a container rooted in the view would; `--paths absolute` makes
-every path cross the backend's mountpoint instead (for fusesnap that costs a
-round trip per path walk: the kernel never caches its mount root's
-attributes). `--profile DIR` records py-spy profiles of the fusesnap daemon.
+every path cross the backend's mountpoint instead (the kernel caches
+fusesnap's mount root like any other directory, so it should cost the same).
+`--profile DIR` records py-spy profiles of the fusesnap daemon.
 
     python bench/fs.py [--scale 1.0] [--reps 3] [--json results/fs.json]
                        [--only seq-read,rand-read,meta-walk,small-create,copy-up,
