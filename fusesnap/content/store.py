@@ -144,10 +144,9 @@ class ContentStore:
     # ------------------------------------------------------------------ blobs
 
     def _find(self, digest: Digest) -> BlobRecord | None:
-        row = self.db.one(_BLOB + " WHERE digest = ?", (str(digest),))
-        if row is None:
+        rec = self.db.first(BlobRecord, _BLOB + " WHERE digest = ?", (str(digest),))
+        if rec is None:
             return None
-        rec = BlobRecord(*row)
         rec.labels = dict(self.db.all(
             "SELECT key, value FROM content_labels WHERE digest = ?", (rec.digest,)))
         return rec
@@ -193,9 +192,9 @@ class ContentStore:
         labels: dict[str, dict[str, str]] = {}
         for digest, key, value in self.db.all("SELECT digest, key, value FROM content_labels"):
             labels.setdefault(digest, {})[key] = value
-        records = [BlobRecord(digest, size, created, updated, labels.get(digest, {}))
-                   for digest, size, created, updated
-                   in self.db.all(_BLOB + " ORDER BY digest")]
+        records = self.db.rows(BlobRecord, _BLOB + " ORDER BY digest")
+        for rec in records:
+            rec.labels = labels.get(rec.digest, {})
         if flt.matches_everything:
             return records
         return [r for r in records
@@ -234,11 +233,12 @@ class ContentStore:
     # ------------------------------------------------------------------ ingests
 
     def _find_ingest(self, ref: str) -> IngestRecord | None:
-        row = self.db.one(_INGEST + " WHERE ref = ?", (ref,))
-        return self._ingest_record(row) if row else None
+        return self.db.first(self._ingest_record, _INGEST + " WHERE ref = ?", (ref,))
 
-    def _ingest_record(self, row: tuple[str, int, int, str]) -> IngestRecord:
-        return IngestRecord(*row, data=self.ingest_dir(row[0]) / DATA)
+    def _ingest_record(self, ref: str, started_ns: int, total: int,
+                       expected: str) -> IngestRecord:
+        """A row of :data:`_INGEST`."""
+        return IngestRecord(ref, started_ns, total, expected, data=self.ingest_dir(ref) / DATA)
 
     def ingest(self, ref: str) -> IngestRecord:
         """The ingest `ref`; InvalidArgument if empty, NotFound if there is none."""
@@ -251,7 +251,7 @@ class ContentStore:
     def ingest_list(self, filter_strings: Sequence[str]) -> builtins.list[IngestRecord]:
         """Every ingest whose `ref` matches any filter (spec §7.1), in ref order."""
         flt = filters.parse(filter_strings)
-        records = [self._ingest_record(row) for row in self.db.all(_INGEST + " ORDER BY ref")]
+        records = self.db.rows(self._ingest_record, _INGEST + " ORDER BY ref")
         return [r for r in records if flt.match(filters.object_adaptor({"ref": r.ref}))]
 
     def abort(self, ref: str, holder: Holder | None = None) -> None:

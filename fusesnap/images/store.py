@@ -52,8 +52,9 @@ _SELECT = ("SELECT name, media_type, digest, size, annotations, labels, created_
            "FROM images")
 
 
-def _row(row: tuple[str, str, str, int, str, str, int, int]) -> Image:
-    name, media_type, digest, size, annotations, labels, created, updated = row
+def _image(name: str, media_type: str, digest: str, size: int, annotations: str, labels: str,
+           created: int, updated: int) -> Image:
+    """A row of :data:`_SELECT`."""
     return Image(name, Descriptor(media_type, digest, size, json.loads(annotations)),
                  json.loads(labels), created, updated)
 
@@ -115,8 +116,8 @@ class ImageStore:
         self.leases = leases
 
     def _find(self, namespace: str, name: str) -> Image | None:
-        row = self.db.one(_SELECT + " WHERE namespace = ? AND name = ?", (namespace, name))
-        return _row(row) if row else None
+        return self.db.first(_image, _SELECT + " WHERE namespace = ? AND name = ?",
+                             (namespace, name))
 
     def get(self, namespace: str, name: str) -> Image:
         """The image `name`; NotFound if there is none."""
@@ -130,8 +131,8 @@ class ImageStore:
         `target.digest`, `target.mediatype`, `labels.<k>`, `annotations.<k>` (the
         target's, spec §7.1). InvalidArgument for a filter that does not parse."""
         flt = filters.parse(filter_strings)
-        found = [_row(row) for row in self.db.all(
-            _SELECT + " WHERE namespace = ? ORDER BY name", (namespace,))]
+        found = self.db.rows(_image, _SELECT + " WHERE namespace = ? ORDER BY name",
+                             (namespace,))
         if flt.matches_everything:
             return found
         return [image for image in found if flt.match(filters.object_adaptor(

@@ -232,7 +232,7 @@ class LayerFS(pyfuse3.Operations):
     async def readlink(self, inode: int, ctx: Any) -> bytes:
         view, oid = self._view(inode)
         a = self._call(view.attr, oid)
-        if not stat.S_ISLNK(a.mode):
+        if not stat.S_ISLNK(a.mode) or a.target is None:
             raise pyfuse3.FUSEError(errno.EINVAL)
         return bytes(a.target)
 

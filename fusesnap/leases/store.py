@@ -44,6 +44,11 @@ class Lease:
     labels: dict[str, str] = field(default_factory=dict)
 
 
+def _lease(lease_id: str, created_ns: int, labels_json: str) -> Lease:
+    """A row of ``leases`` (id, created_ns, labels)."""
+    return Lease(lease_id, created_ns, json.loads(labels_json))
+
+
 @dataclass(frozen=True, order=True)
 class Resource:
     type: str
@@ -104,9 +109,8 @@ class LeaseStore:
         self.db = db
 
     def _find(self, namespace: str, lease: str) -> Lease | None:
-        row = self.db.one("SELECT id, created_ns, labels FROM leases "
-                          "WHERE namespace = ? AND id = ?", (namespace, lease))
-        return Lease(row[0], row[1], json.loads(row[2])) if row else None
+        return self.db.first(_lease, "SELECT id, created_ns, labels FROM leases "
+                             "WHERE namespace = ? AND id = ?", (namespace, lease))
 
     def get(self, namespace: str, lease: str) -> Lease:
         """The lease; NotFound ("lease does not exist") if there is none."""
@@ -138,9 +142,9 @@ class LeaseStore:
     def list(self, namespace: str, filter_strings: Sequence[str]) -> builtins.list[Lease]:
         """The namespace's leases matching any filter (fields `id`, `labels.<k>`), by id."""
         flt = filters.parse(filter_strings)
-        found = [Lease(i, created, json.loads(lbls)) for i, created, lbls in self.db.all(
-            "SELECT id, created_ns, labels FROM leases WHERE namespace = ? ORDER BY id",
-            (namespace,))]
+        found = self.db.rows(
+            _lease, "SELECT id, created_ns, labels FROM leases WHERE namespace = ? ORDER BY id",
+            (namespace,))
         return [rec for rec in found
                 if flt.match(filters.object_adaptor({"id": rec.id}, rec.labels))]
 

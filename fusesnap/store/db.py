@@ -20,11 +20,13 @@ import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from fusesnap.errors import ResourceExhausted
 
 log = logging.getLogger(__name__)
+
+R = TypeVar("R")
 
 SCHEMA_VERSION = 1
 GROUP_WINDOW = 0.05
@@ -202,6 +204,16 @@ _ADDED_COLUMNS = [
 
 
 SQLITE_FULL = 13
+
+
+def _row_factory(shape: Callable[..., Any]) -> Callable[[sqlite3.Cursor, tuple[Any, ...]], Any]:
+    """sqlite3's row factory for :meth:`Database.each`. A NamedTuple class is
+    filled from the row as it is (a lookup reads rows on the FUSE hot path:
+    this costs a third of calling the class with the columns)."""
+    if isinstance(shape, type) and issubclass(shape, tuple) and hasattr(shape, "_fields"):
+        new = tuple.__new__
+        return lambda _cursor, row: new(shape, row)
+    return lambda _cursor, row: shape(*row)
 
 
 def _full(e: sqlite3.Error) -> bool:
@@ -420,11 +432,34 @@ class Database:
         self.on_full("writing metadata")
         return ResourceExhausted(f"no space left for metadata in {self.path}")
 
-    def one(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> Any:
-        return self.conn.execute(sql, params).fetchone()
+    # Reading. A query is not journaled (an undo replays changes only). The
+    # typed forms build each row with `shape` (a NamedTuple class, or any
+    # callable taking the columns in order), so a caller names columns
+    # instead of counting them; `one` and `all` are for a column or two.
 
-    def all(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> list[Any]:
+    def one(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> tuple[Any, ...] | None:
+        row: tuple[Any, ...] | None = self.conn.execute(sql, params).fetchone()
+        return row
+
+    def all(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> list[tuple[Any, ...]]:
         return self.conn.execute(sql, params).fetchall()
+
+    def each(self, shape: Callable[..., R], sql: str,
+             params: tuple[Any, ...] | list[Any] = ()) -> Iterator[R]:
+        """The rows of `sql` as `shape(*columns)`, read as the caller iterates."""
+        cursor = self.conn.execute(sql, params)
+        cursor.row_factory = _row_factory(shape)
+        return cursor
+
+    def rows(self, shape: Callable[..., R], sql: str,
+             params: tuple[Any, ...] | list[Any] = ()) -> list[R]:
+        """Every row of `sql` as `shape(*columns)`."""
+        return list(self.each(shape, sql, params))
+
+    def first(self, shape: Callable[..., R], sql: str,
+              params: tuple[Any, ...] | list[Any] = ()) -> R | None:
+        """The first row of `sql` as `shape(*columns)`, or None."""
+        return next(self.each(shape, sql, params), None)
 
     def close(self) -> None:
         """Commit the open group and close; a group the full disk still has no

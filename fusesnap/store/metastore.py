@@ -55,6 +55,13 @@ FROM snapshots s LEFT JOIN snapshots p ON p.id = s.parent
 """
 
 
+def _record(id: int, key: str, kind: int, parent_id: int | None, parent: str,
+            created_ns: int, updated_ns: int, size: int, inodes: int) -> SnapshotRecord:
+    """A row of :data:`_SELECT`, without its labels."""
+    return SnapshotRecord(id=id, key=key, kind=Kind(kind), parent_id=parent_id, parent=parent,
+                          created_ns=created_ns, updated_ns=updated_ns, size=size, inodes=inodes)
+
+
 def _require_key(key: str, what: str = "key") -> None:
     if not key:
         raise InvalidArgument(f"snapshot {what} must not be empty")
@@ -66,20 +73,15 @@ class MetaStore:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    def _record(self, row: tuple, with_labels: bool = True) -> SnapshotRecord:
-        rec = SnapshotRecord(
-            id=row[0], key=row[1], kind=Kind(row[2]), parent_id=row[3], parent=row[4],
-            created_ns=row[5], updated_ns=row[6], size=row[7], inodes=row[8],
-        )
-        if with_labels:
+    def _with_labels(self, rec: SnapshotRecord | None) -> SnapshotRecord | None:
+        if rec is not None:
             rec.labels = dict(
                 self.db.all("SELECT key, value FROM snapshot_labels WHERE snapshot = ?", (rec.id,))
             )
         return rec
 
     def find(self, key: str) -> SnapshotRecord | None:
-        row = self.db.one(_SELECT + " WHERE s.key = ?", (key,))
-        return self._record(row) if row else None
+        return self._with_labels(self.db.first(_record, _SELECT + " WHERE s.key = ?", (key,)))
 
     def get(self, key: str) -> SnapshotRecord:
         """The snapshot named `key` (any kind); NotFound if absent."""
@@ -90,8 +92,7 @@ class MetaStore:
         return rec
 
     def get_by_id(self, sid: int) -> SnapshotRecord | None:
-        row = self.db.one(_SELECT + " WHERE s.id = ?", (sid,))
-        return self._record(row) if row else None
+        return self._with_labels(self.db.first(_record, _SELECT + " WHERE s.id = ?", (sid,)))
 
     def create(
         self, key: str, parent: str, kind: Kind, labels: Mapping[str, str]
@@ -184,8 +185,7 @@ class MetaStore:
         labels: dict[int, dict[str, str]] = {}
         for sid, k, v in self.db.all("SELECT snapshot, key, value FROM snapshot_labels"):
             labels.setdefault(sid, {})[k] = v
-        for row in self.db.all(_SELECT + " ORDER BY s.key"):
-            rec = self._record(row, with_labels=False)
+        for rec in self.db.rows(_record, _SELECT + " ORDER BY s.key"):
             rec.labels = labels.get(rec.id, {})
             yield rec
 

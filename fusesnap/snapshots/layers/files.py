@@ -48,6 +48,7 @@ class OpenFile:
 
     def shown(self) -> list[int]:
         a = self.attr
+        assert a.base_size is not None, "a file with lower bytes has a base"
         return data.limits(a.size, [a.base_size, *self.lower_sizes])
 
     def close(self) -> None:

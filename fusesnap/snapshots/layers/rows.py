@@ -18,6 +18,7 @@ import os
 import stat
 import time
 from collections.abc import Iterable, Iterator
+from typing import Any, NamedTuple
 
 from fusesnap.store.db import Database
 
@@ -26,27 +27,83 @@ WHITEOUT = 0
 NAME_MAX = 255
 _CLOCK_REALTIME_COARSE = getattr(time, "CLOCK_REALTIME_COARSE", 5)  # linux/time.h
 
-_INODE_COLUMNS = (
-    "oid, layer, mode, uid, gid, rdev, nlink, size, atime_ns, mtime_ns, ctime_ns, target, data,"
-    " base, base_size, blocks"
-)
-_JOINED_COLUMNS = ", ".join(f"i.{c}" for c in _INODE_COLUMNS.replace(" ", "").split(","))
-_INSERT_INODE = f"INSERT INTO inodes ({_INODE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+
+
+class Version(NamedTuple):
+    """A row of ``inodes``: one layer's version of an object."""
+
+    oid: int
+    layer: int
+    mode: int
+    uid: int
+    gid: int
+    rdev: int
+    nlink: int
+    size: int
+    atime_ns: int
+    mtime_ns: int
+    ctime_ns: int
+    target: bytes | None
+    """A symlink's target."""
+    data: int | None
+    """The layer whose backing file holds the bytes (None: no bytes yet)."""
+    base: int | None
+    """The layer whose bytes lie under this layer's blocks (a partial copy-up)."""
+    base_size: int | None
+    blocks: int | None
+    """512-byte blocks the backing file holds, holes excluded; None: unknown."""
+
+
+class DirEntry(NamedTuple):
+    """A row of ``dentries`` seen from one directory (oid 0: a whiteout)."""
+
+    name: bytes
+    layer: int
+    oid: int
+
+
+class EntryVersion(NamedTuple):
+    """An entry of (dir, name) in one layer, with a version of the object it
+    names (None where the join found none)."""
+
+    layer: int
+    oid: int
+    version: Version | None
+
+
+_new = tuple.__new__
+
+
+def _entry_version(*row: Any) -> EntryVersion:
+    """A row of :meth:`Rows.entry_and_versions`: (entry layer, entry oid,
+    the 16 columns of a version or NULLs). Built with tuple.__new__: this
+    runs for every row a lookup of an unseen name reads."""
+    return _new(EntryVersion, (row[0], row[1], _new(Version, row[2:]) if row[2] is not None
+                               else None))
+
+
+_INODE_COLUMNS = ", ".join(Version._fields)
+_JOINED_COLUMNS = ", ".join(f"i.{c}" for c in Version._fields)
+_INSERT_INODE = (f"INSERT INTO inodes ({_INODE_COLUMNS})"
+                 f" VALUES ({','.join('?' * len(Version._fields))})")
 # An insert or an update, so that the usage triggers see which (a REPLACE
 # would count an update as one more object).
 _UPSERT_INODE = _INSERT_INODE + " ON CONFLICT (oid, layer) DO UPDATE SET " + ", ".join(
-    f"{c} = excluded.{c}" for c in _INODE_COLUMNS.replace(" ", "").split(",")[2:])
+    f"{c} = excluded.{c}" for c in Version._fields[2:])
 _CHUNK = 500
 """Oids per `IN (...)` query (SQLite allows 999 parameters by default)."""
 
 _TABLES = ("inodes", "dentries", "xattrs")
-Row = tuple
 
 
 def now_ns() -> int:
     """The time for timestamps: the clock the kernel stamps with (current_time()
     reads the coarse clock), so a `touch` after a write is never older than it."""
     return time.clock_gettime_ns(_CLOCK_REALTIME_COARSE)
+
+
+def _pair(a: Any, b: Any) -> tuple[Any, Any]:
+    return a, b
 
 
 def fs_error(code: int, what: str = "") -> OSError:
@@ -62,18 +119,18 @@ class Attr:
         "blocks", "__weakref__",
     )
 
-    def __init__(self, row: Row) -> None:
+    def __init__(self, v: Version) -> None:
+        # The fields of Version, in its order (the row as it is read).
         (self.oid, self.layer, self.mode, self.uid, self.gid, self.rdev, self.nlink, self.size,
          self.atime_ns, self.mtime_ns, self.ctime_ns, self.target, self.data, self.base,
-         self.base_size, self.blocks) = row
+         self.base_size, self.blocks) = v
         self.xattrs: dict[bytes, bytes] | None = None
-        # self.blocks: 512-byte blocks the backing file holds (holes excluded);
-        # None = unknown. Recorded with the row when writes are flushed.
 
-    def row(self) -> Row:
-        return (self.oid, self.layer, self.mode, self.uid, self.gid, self.rdev, self.nlink,
-                self.size, self.atime_ns, self.mtime_ns, self.ctime_ns, self.target, self.data,
-                self.base, self.base_size, self.blocks)
+    def row(self) -> Version:
+        """The version as it is written (blocks: recorded when writes are flushed)."""
+        return Version(self.oid, self.layer, self.mode, self.uid, self.gid, self.rdev,
+                       self.nlink, self.size, self.atime_ns, self.mtime_ns, self.ctime_ns,
+                       self.target, self.data, self.base, self.base_size, self.blocks)
 
     @property
     def is_dir(self) -> bool:
@@ -85,8 +142,8 @@ class Rows:
 
     def __init__(self, db: Database) -> None:
         self.db = db
-        row = db.one("SELECT MAX(oid) FROM inodes")
-        self._next_oid = max(ROOT_OID, row[0] or 0) + 1
+        (top,) = db.one("SELECT MAX(oid) FROM inodes") or (None,)
+        self._next_oid = max(ROOT_OID, top or 0) + 1
         # Rows changed by the open group or transaction, by (layer, oid).
         self._pending: dict[tuple[int, int], Attr] = {}
         db.before_commit = self.write_pending
@@ -98,45 +155,44 @@ class Rows:
 
     # ----------------------------------------------------------------- reading
 
-    def versions(self, oid: int, highest: int) -> Iterator[Row]:
-        """The rows of `oid` in layers up to `highest`, newest first. A child
+    def versions(self, oid: int, highest: int) -> Iterator[Version]:
+        """The versions of `oid` in layers up to `highest`, newest first. A child
         layer's id is always above its parent's (ids grow, a parent exists
-        first), so the first row of a chain's layer is the topmost one."""
-        return self.db.execute(
-            f"SELECT {_INODE_COLUMNS} FROM inodes WHERE oid = ? AND layer <= ?"
+        first), so the first version in a chain's layer is the topmost one."""
+        return self.db.each(
+            Version, f"SELECT {_INODE_COLUMNS} FROM inodes WHERE oid = ? AND layer <= ?"
             " ORDER BY layer DESC", (oid, highest))
 
-    def versions_of(self, oids: list[int]) -> Iterator[Row]:
-        """Every row of each of `oids`, in any order."""
+    def versions_of(self, oids: list[int]) -> Iterator[Version]:
+        """Every version of each of `oids`, in any order."""
         for i in range(0, len(oids), _CHUNK):
             chunk = oids[i:i + _CHUNK]
             marks = ",".join("?" * len(chunk))
-            yield from self.db.all(
-                f"SELECT {_INODE_COLUMNS} FROM inodes WHERE oid IN ({marks})", chunk)
+            yield from self.db.rows(
+                Version, f"SELECT {_INODE_COLUMNS} FROM inodes WHERE oid IN ({marks})", chunk)
 
     def entry(self, dir_oid: int, name: bytes, highest: int) -> Iterator[tuple[int, int]]:
         """(layer, oid) of the entries for (dir, name) up to layer `highest`, newest first."""
-        return self.db.execute(
-            "SELECT layer, oid FROM dentries WHERE dir = ? AND name = ? AND layer <= ?"
+        return self.db.each(
+            _pair, "SELECT layer, oid FROM dentries WHERE dir = ? AND name = ? AND layer <= ?"
             " ORDER BY layer DESC", (dir_oid, name, highest))
 
     def entry_and_versions(self, dir_oid: int, name: bytes,
-                           highest: int) -> Iterator[tuple]:
-        """:meth:`entry` joined with :meth:`versions` of the oid each names:
-        (entry layer, entry oid, *inode row or NULLs), newest entry first and
-        within it newest version first. One statement for a lookup of a name
-        not seen yet."""
-        return self.db.execute(
-            f"SELECT d.layer, d.oid, {_JOINED_COLUMNS} FROM dentries d"
+                           highest: int) -> Iterator[EntryVersion]:
+        """:meth:`entry` joined with :meth:`versions` of the oid each names,
+        newest entry first and within it newest version first. One statement
+        for a lookup of a name not seen yet."""
+        return self.db.each(
+            _entry_version, f"SELECT d.layer, d.oid, {_JOINED_COLUMNS} FROM dentries d"
             " LEFT JOIN inodes i ON i.oid = d.oid AND i.layer <= ?"
             " WHERE d.dir = ? AND d.name = ? AND d.layer <= ?"
             " ORDER BY d.layer DESC, i.layer DESC", (highest, dir_oid, name, highest))
 
-    def entries_in(self, dir_oid: int, limit: int = -1) -> list[tuple[bytes, int, int]]:
-        """(name, layer, oid) of every layer's entries of a directory (at most
-        `limit` of them if that is not negative)."""
-        return self.db.all("SELECT name, layer, oid FROM dentries WHERE dir = ? LIMIT ?",
-                           (dir_oid, limit))
+    def entries_in(self, dir_oid: int, limit: int = -1) -> list[DirEntry]:
+        """Every layer's entries of a directory (at most `limit` of them if
+        that is not negative)."""
+        return self.db.rows(DirEntry, "SELECT name, layer, oid FROM dentries WHERE dir = ? LIMIT ?",
+                            (dir_oid, limit))
 
     def names_of(self, oid: int) -> list[tuple[int, bytes]]:
         """(dir, name) of every layer's entries naming `oid`."""
@@ -158,9 +214,9 @@ class Rows:
 
     def base_of(self, oid: int, layer: int) -> tuple[int | None, int | None]:
         """(base, base_size) of `oid`'s version in `layer`: the next step of its data chain."""
-        row = self.db.one("SELECT base, base_size FROM inodes WHERE oid = ? AND layer = ?",
-                          (oid, layer))
-        return row if row is not None else (None, None)
+        return self.db.first(
+            _pair, "SELECT base, base_size FROM inodes WHERE oid = ? AND layer = ?",
+            (oid, layer)) or (None, None)
 
     # ----------------------------------------------------------------- writing
 
@@ -246,11 +302,11 @@ class Rows:
 
     # ----------------------------------------------------------------- undo
 
-    def layer_rows(self, layer: int) -> dict[str, list[Row]]:
+    def layer_rows(self, layer: int) -> dict[str, list[tuple[Any, ...]]]:
         """Every row of `layer`, by table: what :meth:`restore_layer` puts back."""
         return {t: self.db.all(f"SELECT * FROM {t} WHERE layer = ?", (layer,)) for t in _TABLES}
 
-    def restore_layer(self, layer: int, saved: dict[str, list[Row]]) -> None:
+    def restore_layer(self, layer: int, saved: dict[str, list[tuple[Any, ...]]]) -> None:
         """Make `layer`'s rows those of :meth:`layer_rows` again (inside the
         caller's transaction)."""
         self.discard_pending(layer)

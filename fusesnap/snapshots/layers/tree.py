@@ -27,6 +27,7 @@ from fusesnap.snapshots.layers.rows import (
     WHITEOUT,
     Attr,
     Rows,
+    Version,
     fs_error,
     now_ns,
 )
@@ -237,9 +238,10 @@ class LayerTree:
             if stat.S_ISDIR(mode):
                 mode |= stat.S_ISGID
         is_dir = stat.S_ISDIR(mode)
-        a = Attr((oid, view.top, mode, uid, gid, rdev, 2 if is_dir else 1,
-                  len(target) if target is not None else 0, now, now, now, target,
-                  view.top if stat.S_ISREG(mode) else None, None, None, None))
+        a = Attr(Version(oid, view.top, mode, uid, gid, rdev, 2 if is_dir else 1,
+                         len(target) if target is not None else 0, now, now, now, target,
+                         data=view.top if stat.S_ISREG(mode) else None, base=None,
+                         base_size=None, blocks=None))
         a.xattrs = {}
         self.rows.save(a)
         if is_dir:
@@ -393,7 +395,7 @@ class LayerTree:
             self._own(view, a)
             if size is not None:
                 self.files.own_data(view, a, keep=size > 0)
-                os.truncate(self.files.data_path(a.data, a.oid), size)
+                os.truncate(self.files.data_path(view.top, a.oid), size)  # own_data's
                 if a.base_size is not None and size < a.base_size:
                     a.base_size = size  # growing again shows zeros, not the old bytes
                 a.size = size

@@ -21,7 +21,7 @@ import os
 import weakref
 from collections import OrderedDict
 
-from fusesnap.snapshots.layers.rows import WHITEOUT, Attr, Rows, fs_error
+from fusesnap.snapshots.layers.rows import WHITEOUT, Attr, DirEntry, Rows, Version, fs_error
 
 CACHE_LIMIT = int(os.environ.get("FUSESNAP_VIEW_CACHE", "65536"))
 """Objects a view keeps in memory (FUSESNAP_VIEW_CACHE; at least 16)."""
@@ -75,9 +75,9 @@ class View:
         a = self._held.get(oid)
         if a is None:
             rank = self.rank
-            for row in self.rows.versions(oid, self.top):
-                if row[1] in rank:
-                    a = Attr(row)
+            for version in self.rows.versions(oid, self.top):
+                if version.layer in rank:
+                    a = Attr(version)
                     break
             else:
                 raise fs_error(errno.ENOENT)
@@ -111,18 +111,18 @@ class View:
         rank = self.rank
         oid = WHITEOUT
         found = None
-        for row in self.rows.entry_and_versions(dir_oid, name, self.top):
+        for entry in self.rows.entry_and_versions(dir_oid, name, self.top):
             if found is None:
-                if row[0] not in rank:
+                if entry.layer not in rank:
                     continue
-                found = row[0]
-                oid = int(row[1])
+                found = entry.layer
+                oid = entry.oid
                 if not oid or oid in self.attrs or oid in self._held:
                     break
-            elif row[0] != found:
+            elif entry.layer != found:
                 break
-            if row[3] in rank:
-                self.remember(Attr(row[2:]))
+            if entry.version is not None and entry.version.layer in rank:
+                self.remember(Attr(entry.version))
                 break
         self._name(key, oid)
         return oid
@@ -163,7 +163,7 @@ class View:
         self._names(dir_oid, rows)
         return dir_oid in self.complete
 
-    def _names(self, dir_oid: int, rows: list[tuple[bytes, int, int]]) -> dict[bytes, int]:
+    def _names(self, dir_oid: int, rows: list[DirEntry]) -> dict[bytes, int]:
         """Merge a directory's entries in every layer (`rows`) into the names
         this view sees, and remember them: name -> oid (0: a whiteout)."""
         best: dict[bytes, tuple[int, int]] = {}
@@ -215,15 +215,14 @@ class View:
                 missing.append(oid)
             else:
                 found[oid] = a
-        depth = len(self.chain)
         rank = self.rank
-        best: dict[int, tuple[int, tuple]] = {}
-        for row in self.rows.versions_of(missing):
-            r = rank.get(row[1])
-            if r is not None and r < best.get(row[0], (depth, ()))[0]:
-                best[row[0]] = (r, row)
-        for oid, (_, row) in best.items():
-            found[oid] = Attr(row)
+        best: dict[int, tuple[int, Version]] = {}
+        for version in self.rows.versions_of(missing):
+            r = rank.get(version.layer)
+            if r is not None and (version.oid not in best or r < best[version.oid][0]):
+                best[version.oid] = (r, version)
+        for oid, (_, version) in best.items():
+            found[oid] = Attr(version)
         for a in found.values():
             self.remember(a)
         return found
