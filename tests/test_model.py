@@ -36,7 +36,7 @@ from hypothesis.stateful import (
 )
 
 from tests.conftest import PROXY, Daemon, fuse_usable
-from tests.test_posix import RENAME_EXCHANGE, RENAME_NOREPLACE, kind_of, renameat2, tree_state
+from tests.posix.helpers import RENAME_EXCHANGE, RENAME_NOREPLACE, kind_of, renameat2, tree_state
 
 # chown to other users, like the model directory allows, needs root.
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the model test runs as root")
