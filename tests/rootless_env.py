@@ -20,6 +20,7 @@ from pathlib import Path
 import pyfuse3
 import pytest
 
+from tests import oci
 from tests.conftest import fuse_usable
 
 USER = "fusesnap-rootless"
@@ -107,3 +108,21 @@ def assert_only_users_plain_files(root: Path, user: pwd.struct_passwd) -> None:
         st = path.lstat()
         assert st.st_uid == user.pw_uid, path
         assert not (stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)), path
+
+
+def rootless_image(name: str) -> oci.Image:
+    """The rich test image without its 100 MB layer (gzip or uncompressed:
+    Debian's umoci reads no zstd), and a layer of what only root makes:
+    root's files, device nodes, a web server's (uid 33) directory."""
+    layers = [layer for layer in oci.rich_image().layers
+              if not any(getattr(e, "path", "") == "data/big" for e in layer.entries)]
+    return oci.Image(name, [*layers, oci.Layer([
+        oci.Dir("dev"),
+        oci.Device("dev/null", 1, 3),
+        oci.Device("dev/loop0", 7, 0, block=True, mode=0o660, gid=6),
+        oci.Dir("root", 0o700),
+        oci.File("root/secret", b"root's only\n", 0o600),
+        oci.Dir("var"),
+        oci.Dir("var/www", 0o755, 33, 33),
+        oci.File("var/www/index.html", b"served\n", 0o644, 33, 33),
+    ])])

@@ -25,6 +25,7 @@ from tests.rootless_env import (  # fixtures user, workdir, rootless_daemon
     SYSTEM_PYTHON,
     as_user,
     assert_only_users_plain_files,
+    rootless_image,
 )
 from tests.trees import Tree, assert_same_tree, host_tree, xattrs
 
@@ -36,20 +37,6 @@ pytestmark = [
 
 NAME = "fusesnap.test/rootless:1"
 CHANGED = "fusesnap.test/rootless:changed"
-
-
-def image() -> oci.Image:
-    """The rich test image without its 100 MB layer (gzip or uncompressed:
-    Debian's umoci reads no zstd), and a layer of root's things."""
-    layers = [layer for layer in oci.rich_image().layers
-              if not any(getattr(e, "path", "") == "data/big" for e in layer.entries)]
-    return oci.Image(NAME, [*layers, oci.Layer([
-        oci.Dir("dev"),
-        oci.Device("dev/null", 1, 3),
-        oci.Device("dev/loop0", 7, 0, block=True, mode=0o660, gid=6),
-        oci.Dir("root", 0o700),
-        oci.File("root/secret", b"root's only\n", 0o600),
-    ])])
 
 
 def fusesnap(user: pwd.struct_passwd, workdir: Path, *args: str) -> str:
@@ -88,7 +75,7 @@ def change(root: Path) -> None:
 def test_an_ordinary_user_imports_commits_and_exports_images_keeping_root_owned_things(
         user: pwd.struct_passwd, rootless_daemon: Path) -> None:
     workdir = rootless_daemon
-    built = oci.write_archive(image(), workdir / "image.tar")
+    built = oci.write_archive(rootless_image(NAME), workdir / "image.tar")
     expected, expected_xattrs = unpacked(built.path, workdir / "umoci-in")
 
     fusesnap(user, workdir, "import", str(built.path))

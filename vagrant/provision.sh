@@ -42,10 +42,11 @@ as_root() {
 # Debian packages the daemon and its suites need: FUSE and a compiler for
 # pyfuse3; containerd and runc for the containerd suites; umoci, busybox and
 # zstd for their images; fuse-overlayfs and fio for the benchmarks; shellcheck
-# for the scripts' check; make for the VM, whose box has none.
+# for the scripts' check; make for the VM, whose box has none; uidmap
+# (newuidmap, newgidmap) for `serve --userns`.
 packages=(fuse3 libfuse3-dev pkg-config gcc make python3 python3-dev python3-venv attr
           golang-github-containerd-containerd-dev containerd
-          runc umoci busybox-static zstd fuse-overlayfs fio shellcheck)
+          runc umoci busybox-static zstd fuse-overlayfs fio shellcheck uidmap)
 
 missing=()
 for p in "${packages[@]}"; do

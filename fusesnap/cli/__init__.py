@@ -20,6 +20,19 @@ def _serve(args: argparse.Namespace) -> int:
     config = Config.make(args.root, args.socket, args.mountpoint, args.role,
                          args.ingest_grace, args.gc_delay, args.socket_group,
                          args.fuse_busy_poll)
+    if args.userns:
+        from fusesnap import userns
+
+        try:
+            mapped = userns.plan()
+            userns.enter(mapped)
+        except userns.NamespaceError as e:
+            logging.getLogger("fusesnap").error("%s", e)
+            return 1
+        logging.getLogger("fusesnap").info(
+            "serving as root of a user namespace (pid %d): uids %s, gids %s; run programs "
+            "in it with: fusesnap exec", os.getpid(), mapped.uids.describe(),
+            mapped.gids.describe())
     try:
         trio.run(serve, config)
     except StartupError as e:
@@ -107,9 +120,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="how long the FUSE loop polls for the next request before it "
                             "sleeps: cheaper than a wake-up where waking a CPU is dear (env "
                             "FUSESNAP_FUSE_BUSY_POLL; default 50; 0 never polls)")
+    serve.add_argument("--userns", action="store_true",
+                       help="for an ordinary user: serve as root of a user namespace of its "
+                            "own that maps 0 to the user and 1-65536 to the user's /etc/subuid "
+                            "and /etc/subgid ranges (with newuidmap and newgidmap); the mount "
+                            "is seen inside it, through 'fusesnap exec'")
     serve.set_defaults(func=_serve)
 
-    from fusesnap.cli import content, debug, gc, images, leases, snapshots
+    from fusesnap.cli import content, debug, gc, images, leases, namespace, snapshots
 
     snapshots.register(sub)
     content.register(sub)
@@ -117,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     gc.register(sub)
     images.register(sub)
     debug.register(sub)
+    namespace.register(sub)
     return parser
 
 
