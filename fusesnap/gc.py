@@ -35,7 +35,7 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -126,16 +126,22 @@ def _canonical(digest: str) -> str | None:
 
 
 class Collector:
-    """Collects on request (:meth:`collect`) and in the background (:meth:`run`)."""
+    """Collects on request (:meth:`collect`) and in the background (:meth:`run`).
+
+    `clock` is the wall clock (nanoseconds since the epoch) that lease and
+    image expiries and the ingest grace period are judged by; the delay of a
+    background collection is trio's clock."""
 
     def __init__(self, db: Database, snapshotter: Snapshotter, content: ContentStore,
                  ingest_grace: float = DEFAULT_INGEST_GRACE,
-                 delay: float = DEFAULT_DELAY) -> None:
+                 delay: float = DEFAULT_DELAY,
+                 clock: Callable[[], int] = time.time_ns) -> None:
         self.db = db
         self.snapshotter = snapshotter
         self.content = content
         self.ingest_grace_ns = int(ingest_grace * 1e9)
         self.delay = delay
+        self.clock = clock
         self._wanted: trio.Event | None = None
         self._collecting = False
         snapshotter.on_removed.append(lambda sid: self.request())
@@ -278,7 +284,7 @@ class Collector:
         started = time.monotonic()
         report = Report(dry_run=dry_run)
         with self.db.transaction():
-            blobs, ingests, snaps, expired_leases = self._mark(time.time_ns())
+            blobs, ingests, snaps, expired_leases = self._mark(self.clock())
             report.leases = expired_leases
             report.content = [d for (d,) in self.db.all(
                 "SELECT digest FROM content_blobs ORDER BY digest") if d not in blobs]
