@@ -185,7 +185,15 @@ def test_a_userns_daemon_shows_an_image_as_root_sees_it_and_its_changes_survive_
     # (vfs_mknod wants CAP_MKNOD in the initial namespace).
     said = inside(user, workdir, "sh", "-c", CHANGE, "change", str(work)).stdout.split()
     assert said == ["mknod-refused"]
+    # The daemon records one instead, from outside or inside alike.
+    fusesnap(user, workdir, "snapshots", "mknod", "build", "dev/zero", "c", "1", "5",
+             "--mode", "0660", "--owner", "0:6")
+    inside(user, workdir, SYSTEM_PYTHON, "-m", "fusesnap", "snapshots", "mknod", "build",
+           "var/www/pipe", "p", "--owner", "33:33")
+    zero = inside(user, workdir, "stat", "-c", "%F %t:%T %a %u:%g", f"{work}/dev/zero")
+    assert zero.stdout.split() == ["character", "special", "file", "1:5", "660", "0:6"]
     changed, changed_xattrs = seen_inside(user, workdir, work)
+    assert stat.S_ISFIFO(changed["./var/www/pipe"].mode) and changed["./var/www/pipe"].uid == 33
     hello = changed["./hello.txt"]
     assert (hello.uid, hello.gid, stat.S_IMODE(hello.mode)) == (33, 33, 0o4750)
     assert changed["./data/chmod"].uid == 1000 and "./data/over" not in changed
@@ -223,6 +231,30 @@ def test_a_userns_daemon_shows_an_image_as_root_sees_it_and_its_changes_survive_
 
 
 # --------------------------------------------------------------------------- bad input
+
+
+def test_mknod_refuses_what_mknod_refuses_and_changes_nothing(
+        ranged: pwd.struct_passwd, userns_daemon: Path) -> None:
+    user, workdir = ranged, userns_daemon
+    work = fusesnap(user, workdir, "snapshots", "prepare", "w").stdout.strip()
+    inside(user, workdir, "sh", "-c", f"mkdir {work}/dev && echo kept > {work}/dev/null")
+    before = seen_inside(user, workdir, Path(work))
+    for args, said in [
+        (["w", "dev/null", "c", "1", "3"], "already exists: /dev/null: the snapshot has it"),
+        (["w", "nodir/null", "c", "1", "3"], "not found: /nodir/null: no such directory"),
+        (["w", "dev/x", "c"], "a device needs MAJOR and MINOR"),
+        (["w", "dev/x", "p", "1", "2"], "a FIFO has no device numbers"),
+        (["w", "../x", "p"], "'../x' names no entry inside the snapshot"),
+        (["w", "dev/x", "c", "4096", "0"], "device numbers: major 0-4095"),
+        (["absent", "dev/x", "p"], "not found: snapshot absent does not exist"),
+    ]:
+        proc = fusesnap(user, workdir, "snapshots", "mknod", *args, check=False)
+        lines = proc.stderr.splitlines()
+        assert proc.returncode == 1 and len(lines) == 1, (args, proc.stderr)
+        assert lines[0].startswith(f"fusesnap: {said}"), (args, lines)
+    assert seen_inside(user, workdir, Path(work)) == before
+    bad = fusesnap(user, workdir, "snapshots", "mknod", "w", "dev/x", "q", check=False)
+    assert bad.returncode == 2 and "invalid choice: 'q'" in bad.stderr
 
 
 def _refused(user: pwd.struct_passwd, workdir: Path, *args: str,

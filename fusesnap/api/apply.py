@@ -6,6 +6,9 @@ snapshot's metadata changes cross into the trio thread in batches.
 
 from __future__ import annotations
 
+import io
+from typing import IO
+
 import grpc
 
 from fusesnap import digests
@@ -27,12 +30,17 @@ class ApplierServicer(apply_pb2_grpc.ApplierServicer):
     @rpc
     def Apply(self, request: apply_pb2.ApplyRequest,
               context: grpc.ServicerContext) -> apply_pb2.ApplyResponse:
-        path = self.content.blob_path(digests.parse(request.digest))
-        try:
-            blob = open(path, "rb")  # noqa: SIM115 (closed below, whatever happens)
-        except FileNotFoundError:
-            raise NotFound(f"content {request.digest}") from None
+        blob: IO[bytes]
+        if request.layer and not request.digest:
+            blob = io.BytesIO(request.layer)
+        else:
+            path = self.content.blob_path(digests.parse(request.digest))
+            try:
+                blob = open(path, "rb")  # noqa: SIM115 (closed below, whatever happens)
+            except FileNotFoundError:
+                raise NotFound(f"content {request.digest}") from None
         with blob:
-            applied = self.applier.apply(request.key, blob, request.diff_id)
+            applied = self.applier.apply(request.key, blob, request.diff_id,
+                                         create_only=request.create_only)
         return apply_pb2.ApplyResponse(diff_id=applied.diff_id, size=applied.size,
                                        skipped=applied.skipped)

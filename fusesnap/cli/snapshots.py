@@ -12,6 +12,8 @@
     fusesnap snapshots label KEY k=v…           `k=` removes label k
     fusesnap snapshots tree
     fusesnap snapshots diff KEY > layer.tar     the snapshot's changes as an OCI layer
+    fusesnap snapshots mknod KEY PATH TYPE [MAJOR MINOR] [--mode M] [--owner U:G]
+                                                record a device node or FIFO
 
 JSON shapes (``--json``): an Info is ``{"name", "parent", "kind", "labels",
 "created_at", "updated_at"}`` with kind ``active``/``committed``/``view`` (the
@@ -233,6 +235,35 @@ def _diff(args: argparse.Namespace, channel: grpc.Channel) -> None:
     out.flush()
 
 
+def _owner(text: str) -> tuple[int, int]:
+    uid, sep, gid = text.partition(":")
+    if not (sep and uid.isdigit() and gid.isdigit()):
+        raise argparse.ArgumentTypeError(f"expected UID:GID in numbers, got {text!r}")
+    return int(uid), int(gid)
+
+
+def _mode(text: str) -> int:
+    try:
+        return int(text, 8)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an octal mode, got {text!r}") from None
+
+
+def _mknod(args: argparse.Namespace, channel: grpc.Channel) -> None:
+    from fusesnap.client.nodes import NodeError, make_node, node_tar
+
+    numbers = args.numbers or []
+    if len(numbers) not in (0, 2) or (args.type in ("c", "b") and not numbers):
+        raise common.CommandError("a device needs MAJOR and MINOR (a FIFO, type p, none)")
+    try:
+        major, minor = numbers or (0, 0)
+        uid, gid = args.owner
+        layer = node_tar(args.path, args.type, major, minor, args.mode, uid, gid)
+    except NodeError as e:
+        raise common.CommandError(str(e)) from None
+    make_node(channel, args.key, layer)
+
+
 # ---------------------------------------------------------------------- parser
 
 
@@ -294,3 +325,19 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                 "relative to its parent to stdout as an uncompressed OCI layer tar")
     p.add_argument("key", metavar="KEY")
     p.set_defaults(func=lambda args: common.run(args, lambda channel: _diff(args, channel)))
+
+    p = command("mknod", _mknod, "record a device node or FIFO at PATH in active snapshot "
+                "KEY, as a layer would hold it: for a user namespace's root, whom the "
+                "kernel refuses mknod(2) of devices")
+    p.add_argument("key", metavar="KEY")
+    p.add_argument("path", metavar="PATH", help="inside the snapshot; its directory must "
+                   "exist and the path must not")
+    p.add_argument("type", metavar="TYPE", choices=["c", "b", "p"],
+                   help="c: character device, b: block device, p: FIFO")
+    p.add_argument("numbers", metavar="MAJOR MINOR", nargs="*", type=int,
+                   help="the device's numbers (not for a FIFO)")
+    p.add_argument("--mode", type=_mode, default=0o666, help="permission bits, octal "
+                   "(default 0666)")
+    p.add_argument("--owner", type=_owner, default=(0, 0), metavar="UID:GID",
+                   help="owner (default 0:0)")
+    p.set_defaults(func=lambda args: common.run(args, lambda channel: _mknod(args, channel)))

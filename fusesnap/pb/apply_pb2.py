@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x66usesnap/pb/apply.proto\x12\x1a\x66usesnap.services.apply.v1\"P\n\x0c\x41pplyRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\x12\n\nmedia_type\x18\x03 \x01(\t\x12\x0f\n\x07\x64iff_id\x18\x04 \x01(\t\"?\n\rApplyResponse\x12\x0f\n\x07\x64iff_id\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x03\x12\x0f\n\x07skipped\x18\x03 \x03(\t2g\n\x07\x41pplier\x12\\\n\x05\x41pply\x12(.fusesnap.services.apply.v1.ApplyRequest\x1a).fusesnap.services.apply.v1.ApplyResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x66usesnap/pb/apply.proto\x12\x1a\x66usesnap.services.apply.v1\"t\n\x0c\x41pplyRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\x12\n\nmedia_type\x18\x03 \x01(\t\x12\x0f\n\x07\x64iff_id\x18\x04 \x01(\t\x12\x13\n\x0b\x63reate_only\x18\x05 \x01(\x08\x12\r\n\x05layer\x18\x06 \x01(\x0c\"?\n\rApplyResponse\x12\x0f\n\x07\x64iff_id\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x03\x12\x0f\n\x07skipped\x18\x03 \x03(\t2g\n\x07\x41pplier\x12\\\n\x05\x41pply\x12(.fusesnap.services.apply.v1.ApplyRequest\x1a).fusesnap.services.apply.v1.ApplyResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,9 +32,9 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'fusesnap.pb.apply_pb2', _gl
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_APPLYREQUEST']._serialized_start=55
-  _globals['_APPLYREQUEST']._serialized_end=135
-  _globals['_APPLYRESPONSE']._serialized_start=137
-  _globals['_APPLYRESPONSE']._serialized_end=200
-  _globals['_APPLIER']._serialized_start=202
-  _globals['_APPLIER']._serialized_end=305
+  _globals['_APPLYREQUEST']._serialized_end=171
+  _globals['_APPLYRESPONSE']._serialized_start=173
+  _globals['_APPLYRESPONSE']._serialized_end=236
+  _globals['_APPLIER']._serialized_start=238
+  _globals['_APPLIER']._serialized_end=341
 # @@protoc_insertion_point(module_scope)

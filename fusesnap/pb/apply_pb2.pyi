@@ -7,16 +7,20 @@ from typing import ClassVar as _ClassVar, Optional as _Optional
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ApplyRequest(_message.Message):
-    __slots__ = ("key", "digest", "media_type", "diff_id")
+    __slots__ = ("key", "digest", "media_type", "diff_id", "create_only", "layer")
     KEY_FIELD_NUMBER: _ClassVar[int]
     DIGEST_FIELD_NUMBER: _ClassVar[int]
     MEDIA_TYPE_FIELD_NUMBER: _ClassVar[int]
     DIFF_ID_FIELD_NUMBER: _ClassVar[int]
+    CREATE_ONLY_FIELD_NUMBER: _ClassVar[int]
+    LAYER_FIELD_NUMBER: _ClassVar[int]
     key: str
     digest: str
     media_type: str
     diff_id: str
-    def __init__(self, key: _Optional[str] = ..., digest: _Optional[str] = ..., media_type: _Optional[str] = ..., diff_id: _Optional[str] = ...) -> None: ...
+    create_only: bool
+    layer: bytes
+    def __init__(self, key: _Optional[str] = ..., digest: _Optional[str] = ..., media_type: _Optional[str] = ..., diff_id: _Optional[str] = ..., create_only: _Optional[bool] = ..., layer: _Optional[bytes] = ...) -> None: ...
 
 class ApplyResponse(_message.Message):
     __slots__ = ("diff_id", "size", "skipped")

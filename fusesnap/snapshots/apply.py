@@ -42,7 +42,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from fusesnap.errors import FailedPrecondition, InvalidArgument
+from fusesnap.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from fusesnap.layertar import (
     CHUNK,
     Applied,
@@ -192,14 +192,25 @@ Invalidate = Callable[[int, Iterable[tuple[int, bytes]]], None]
 those entries (the mount's CACHE_TIMEOUT trusts that changes pass through it)."""
 
 
+class EntryExists(LayerError):
+    """A create-only apply met a path the snapshot has."""
+
+
+class NoDirectory(LayerError):
+    """A create-only apply met a path whose directory the snapshot lacks."""
+
+
 class LayerWriter:
     """Phase 2: applies entries to `view` (every method on the trio thread).
-    Made before the first entry, it records what :meth:`rollback` restores."""
+    Made before the first entry, it records what :meth:`rollback` restores.
+    `create_only`: every entry must make a new name in a directory that is
+    there (EntryExists, NoDirectory otherwise)."""
 
     def __init__(self, tree: LayerTree, view: View, backup: str,
-                 invalidate: Invalidate | None = None) -> None:
+                 invalidate: Invalidate | None = None, create_only: bool = False) -> None:
         if not view.writable:
             raise LayerError("the snapshot is not active")
+        self.create_only = create_only
         self.tree = tree
         self.view = view
         self.backup = backup
@@ -267,6 +278,8 @@ class LayerWriter:
     # ------------------------------------------------------------------ entries
 
     def _apply(self, e: Change) -> None:
+        if self.create_only:
+            self._check_new(e)
         if e.what == "whiteout":
             parent = self._dir(e.parts[:-1], create=False)
             if parent is not None:
@@ -295,6 +308,19 @@ class LayerWriter:
                 return  # a link to itself: nothing to do
             self._remove(parts, parent)
         self._create(e, parent)
+
+    def _check_new(self, e: Change) -> None:
+        where = _show(e.parts)
+        if e.what in ("whiteout", "opaque") or not e.parts:
+            raise LayerError(f"{where}: only new entries may be created here")
+        try:
+            parent = self._dir(e.parts[:-1], create=False)
+        except LayerError:
+            parent = None
+        if parent is None:
+            raise NoDirectory(f"{where}: no such directory in the snapshot")
+        if self.view.find(parent, e.parts[-1]):
+            raise EntryExists(f"{where}: the snapshot has it already")
 
     def _dir(self, parts: Parts, create: bool) -> int | None:
         """The oid of directory `parts`; missing directories are made (0755)
@@ -432,10 +458,10 @@ def _active(snapshotter: Snapshotter, key: str) -> View:
 
 
 def _writer(snapshotter: Snapshotter, key: str, view: View, backup: str,
-            invalidate: Invalidate | None) -> LayerWriter:
+            invalidate: Invalidate | None, create_only: bool) -> LayerWriter:
     if _active(snapshotter, key) is not view:
         raise FailedPrecondition(f"snapshot {key} changed during the apply")
-    return LayerWriter(snapshotter.tree, view, backup, invalidate)
+    return LayerWriter(snapshotter.tree, view, backup, invalidate, create_only)
 
 
 class Applier:
@@ -450,13 +476,16 @@ class Applier:
         # FUSE adapter: the kernel's caches) is told (Snapshotter.on_changed).
         self.invalidate = invalidate or snapshotter.entries_changed
 
-    def apply(self, key: str, source: IO[bytes], expected_diff_id: str = "") -> Applied:
+    def apply(self, key: str, source: IO[bytes], expected_diff_id: str = "",
+              create_only: bool = False) -> Applied:
         """Apply the layer read from `source` to active snapshot `key`.
         NotFound (no snapshot `key`); FailedPrecondition (not active, or a
         diff_id other than `expected_diff_id`); InvalidArgument (a corrupt,
-        unsafe or impossible layer). On any error the snapshot's layer is as
-        it was. Cost: the layer's bytes written once; one crossing into the
-        trio thread per BATCH entries."""
+        unsafe or impossible layer). With `create_only`, AlreadyExists for an
+        entry the snapshot has and NotFound for one whose directory it lacks
+        (LayerWriter). On any error the snapshot's layer is as it was. Cost:
+        the layer's bytes written once; one crossing into the trio thread per
+        BATCH entries."""
         view: View = self.run(_active, self.snapshotter, key)
         prefix = f"{self.snapshotter.tree.layers_dir}/{view.top}/{STAGING}{secrets.token_hex(6)}-"
         try:
@@ -469,7 +498,7 @@ class Applier:
             except LayerError as err:
                 raise FailedPrecondition(str(err)) from None
             writer: LayerWriter = self.run(_writer, self.snapshotter, key, view,
-                                           f"{prefix}keep-", self.invalidate)
+                                           f"{prefix}keep-", self.invalidate, create_only)
             try:
                 for batch in batches(layer.entries):
                     self.run(writer.apply, batch)
@@ -480,6 +509,10 @@ class Applier:
                 except Exception:
                     log.exception("could not roll back the apply to snapshot %s", key)
                 raise
+        except EntryExists as err:
+            raise AlreadyExists(str(err)) from None
+        except NoDirectory as err:
+            raise NotFound(str(err)) from None
         except LayerError as err:
             raise InvalidArgument(str(err)) from None
         finally:
