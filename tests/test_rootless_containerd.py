@@ -276,3 +276,22 @@ def test_nsenter_without_a_running_stack_says_to_start_it(
 def test_unknown_arguments_get_the_usage_line(ranged: pwd.struct_passwd, workdir: Path) -> None:
     assert "usage: " in _refused(ranged, workdir / "rc", "--bogus")
     assert "--net tun: use host or slirp4netns" in _refused(ranged, workdir / "rc", "--net", "tun")
+
+
+def test_a_fusesnap_that_cannot_start_is_named_with_its_log(
+        ranged: pwd.struct_passwd, workdir: Path) -> None:
+    why = _unavailable()
+    if why:
+        pytest.skip(why)
+    broken = workdir / "fusesnap"
+    broken.write_text("#!/bin/sh\necho no daemon today >&2\nexit 1\n")
+    broken.chmod(0o755)
+    env = _env(ranged, FUSESNAP=str(broken))
+    proc = subprocess.run([str(SCRIPT), "--dir", str(workdir / "rc")], capture_output=True,
+                          text=True, timeout=60, **{**as_user(ranged), "env": env})
+    assert proc.returncode == 1
+    log = workdir / "rc" / "fusesnap.log"
+    assert f"rootless-containerd: fusesnap exited while starting (its log: {log})" \
+        in proc.stderr.splitlines()
+    assert "no daemon today" in proc.stderr
+    assert not (workdir / "rc" / "containerd.log").exists()
