@@ -8,7 +8,8 @@ image is imported into fusesnap; a container shows a file of uid 1000 as uid
 1000 (not 65534) and reads it as that user, writes as root and as uid 33, and
 the host store holds only plain files of the user; `ctr images rm --sync`
 after the container's removal leaves fusesnap with no snapshot and no blob.
-SIGTERM stops a running container's task, containerd and fusesnap, and leaves
+SIGTERM, and SIGINT to the script's process group (a terminal's Ctrl-C), stop
+a running container's task, containerd and fusesnap in that order, and leave
 no process in the namespaces. Each bad input is one line and makes nothing.
 """
 
@@ -87,9 +88,14 @@ class Stack:
         """`fusesnap ARGS…` from outside, on the daemon's socket."""
         return fusesnap_cli(self.user, self.dir / "fusesnap.sock", *args).stdout
 
-    def stop(self, sig: int = signal.SIGTERM) -> None:
+    def stop(self, sig: int = signal.SIGTERM, group: bool = False) -> None:
+        """Send `sig` to the script, or with `group` to its process group, as a
+        terminal's Ctrl-C does."""
         if self.proc.poll() is None:
-            self.proc.send_signal(sig)
+            if group:
+                os.killpg(self.proc.pid, sig)
+            else:
+                self.proc.send_signal(sig)
             try:
                 self.proc.wait(timeout=60)
             except subprocess.TimeoutExpired:
@@ -126,7 +132,7 @@ def _env(user: pwd.struct_passwd, **extra: str) -> dict[str, str]:
 def _start(user: pwd.struct_passwd, dir: Path, log: Path) -> subprocess.Popen[bytes]:
     with open(log, "wb") as out:
         return subprocess.Popen([str(SCRIPT), "--dir", str(dir)], stdout=out, stderr=out,
-                                **{**as_user(user), "env": _env(user)})
+                                start_new_session=True, **{**as_user(user), "env": _env(user)})
 
 
 @pytest.fixture
@@ -197,22 +203,43 @@ def test_rootless_containerd_imports_runs_as_several_users_and_collects_into_fus
     assert stack.fusesnap("snapshots", "ls").split() == ["KEY", "PARENT", "KIND"]
     assert stack.fusesnap("content", "ls").split() == ["DIGEST", "SIZE", "AGE", "LABELS"]
 
-    # A container still running when the script is stopped: its task, the
-    # shims, containerd and fusesnap all go, and nothing is left in the namespaces.
+    # Ctrl-C reaches the script's whole process group (rootlesskit forwards
+    # it; what runs inside is in a process group of its own): the script
+    # stops the rest in order, a running container first.
+    run_detached(stack, built)
+    stack.stop(signal.SIGINT, group=True)
+    assert_stopped_cleanly(stack)
+    if not cgroup_hint:
+        print("cgroups are delegated here: the script gave no --cgroup hint")
+    print(f"rootless containerd round trip: {time.monotonic() - started:.1f} s")
+
+
+def run_detached(stack: Stack, built: oci.Built) -> None:
+    """A container `sleeper` running `sleep 600` from `built`, imported again."""
     stack.ctr("images", "import", "--snapshotter", "fusesnap", str(built.path))
     stack.ctr("run", "-d", *NO_CGROUP, "--snapshotter", "fusesnap", NAME, "sleeper",
               "sleep", "600")
     assert "RUNNING" in stack.ctr("tasks", "ls").stdout
-    stack.stop()
+    assert any("sleep 600" in p for p in stack.leftovers())
+
+
+def assert_stopped_cleanly(stack: Stack) -> None:
+    """Exit 0 and the last line, fusesnap stopped, the running task killed and
+    deleted before containerd stopped, no process left in the namespaces."""
     assert stack.proc.returncode == 0, stack.log.read_text()
     assert stack.log.read_text().splitlines()[-1] == "rootless-containerd: stopped"
     assert (stack.dir / "fusesnap.log").read_text().splitlines()[-1].endswith(
         "INFO fusesnap: stopped")
+    assert 'msg="shim disconnected" id=sleeper' in (stack.dir / "containerd.log").read_text()
     assert stack.leftovers() == []
     assert_only_users_plain_files(stack.dir / "fusesnap", stack.user)
-    if not cgroup_hint:
-        print("cgroups are delegated here: the script gave no --cgroup hint")
-    print(f"rootless containerd round trip: {time.monotonic() - started:.1f} s")
+
+
+def test_sigterm_stops_a_running_container_containerd_and_fusesnap(
+        stack: Stack, workdir: Path) -> None:
+    run_detached(stack, oci.write_archive(image(), workdir / "image.tar"))
+    stack.stop(signal.SIGTERM)
+    assert_stopped_cleanly(stack)
 
 
 # --------------------------------------------------------------------------- bad input
