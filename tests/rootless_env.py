@@ -24,6 +24,8 @@ from tests import oci
 from tests.conftest import fuse_usable
 
 USER = "fusesnap-rootless"
+NO_RANGES = "fusesnap-noranges"  # a system user: Debian's useradd gives it no subordinate ranges
+RANGE_START = 200000  # the suite's user's ranges when it has none (see `ranged`)
 REPO = Path(__file__).resolve().parents[1]
 SYSTEM_PYTHON = "/usr/bin/python3"
 
@@ -46,6 +48,42 @@ def user() -> pwd.struct_passwd:
     except KeyError:
         subprocess.run(["useradd", "--create-home", "--shell", "/bin/sh", USER], check=True)
         return pwd.getpwnam(USER)
+
+
+def has_range(path: str, user: pwd.struct_passwd) -> bool:
+    """Whether `path` (/etc/subuid or /etc/subgid) gives `user` a range of 65536."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except FileNotFoundError:
+        return False
+    return any(line.split(":")[0] in (user.pw_name, str(user.pw_uid))
+               and int(line.split(":")[2]) >= 65536 for line in lines if line.count(":") == 2)
+
+
+@pytest.fixture
+def ranged(user: pwd.struct_passwd) -> pwd.struct_passwd:
+    """The suite's ordinary user, with subordinate uid and gid ranges of 65536
+    (Debian's useradd gives a new user some; a user made before may have none)."""
+    for tool in ("newuidmap", "newgidmap"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} is missing: Debian's uidmap package (make setup installs it)")
+    for kind, path in (("uid", "/etc/subuid"), ("gid", "/etc/subgid")):
+        if not has_range(path, user):
+            subprocess.run(["usermod", f"--add-sub{kind}s",
+                            f"{RANGE_START}-{RANGE_START + 65535}", user.pw_name], check=True)
+    return user
+
+
+def rangeless_user() -> pwd.struct_passwd:
+    """An ordinary user without subordinate ranges (created when missing)."""
+    try:
+        other = pwd.getpwnam(NO_RANGES)
+    except KeyError:
+        subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/bin/sh",
+                        NO_RANGES], check=True)
+        other = pwd.getpwnam(NO_RANGES)
+    assert not has_range("/etc/subuid", other)
+    return other
 
 
 @pytest.fixture
@@ -95,6 +133,14 @@ def rootless_daemon(user: pwd.struct_passwd, workdir: Path) -> Iterator[Path]:
     log.close()
 
 
+def fusesnap_cli(user: pwd.struct_passwd, socket: Path, *args: str,
+                 check: bool = True) -> subprocess.CompletedProcess[str]:
+    """`fusesnap --socket SOCKET ARGS…` run as `user`."""
+    proc = subprocess.run([SYSTEM_PYTHON, "-m", "fusesnap", "--socket", str(socket), *args],
+                          capture_output=True, text=True, timeout=300, **as_user(user))
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
 
 
 def assert_only_users_plain_files(root: Path, user: pwd.struct_passwd) -> None:

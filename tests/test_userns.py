@@ -29,10 +29,12 @@ import pytest
 
 from tests import oci
 from tests.containerd_env import Containerd, unavailable
-from tests.rootless_env import (  # fixtures user, workdir, rootless_daemon
+from tests.rootless_env import (  # fixtures user, ranged, workdir, rootless_daemon
     SYSTEM_PYTHON,
     as_user,
     assert_only_users_plain_files,
+    fusesnap_cli,
+    rangeless_user,
     rootless_image,
 )
 from tests.trees import Node, Tree, assert_same_tree, host_tree, xattrs
@@ -41,30 +43,6 @@ pytestmark = pytest.mark.rootless
 
 NAME = "fusesnap.test/userns:1"
 CHANGED = "fusesnap.test/userns:changed"
-RANGE_START = 200000  # the suite's user's ranges when it has none (see `ranged`)
-
-
-def _has_range(path: str, user: pwd.struct_passwd) -> bool:
-    try:
-        lines = Path(path).read_text().splitlines()
-    except FileNotFoundError:
-        return False
-    return any(line.split(":")[0] in (user.pw_name, str(user.pw_uid))
-               and int(line.split(":")[2]) >= 65536 for line in lines if line.count(":") == 2)
-
-
-@pytest.fixture
-def ranged(user: pwd.struct_passwd) -> pwd.struct_passwd:
-    """The suite's ordinary user, with subordinate uid and gid ranges of 65536
-    (Debian's useradd gives a new user some; a user made before may have none)."""
-    for tool in ("newuidmap", "newgidmap"):
-        if shutil.which(tool) is None:
-            pytest.skip(f"{tool} is missing: Debian's uidmap package (make setup installs it)")
-    for kind, path in (("uid", "/etc/subuid"), ("gid", "/etc/subgid")):
-        if not _has_range(path, user):
-            subprocess.run(["usermod", f"--add-sub{kind}s",
-                            f"{RANGE_START}-{RANGE_START + 65535}", user.pw_name], check=True)
-    return user
 
 
 def _start(user: pwd.struct_passwd, workdir: Path, *args: str,
@@ -98,11 +76,7 @@ def userns_daemon(ranged: pwd.struct_passwd, workdir: Path) -> Iterator[Path]:
 def fusesnap(user: pwd.struct_passwd, workdir: Path, *args: str,
              check: bool = True) -> subprocess.CompletedProcess[str]:
     """`fusesnap ARGS…` run as `user` against the daemon on workdir/sock."""
-    proc = subprocess.run([SYSTEM_PYTHON, "-m", "fusesnap", "--socket", str(workdir / "sock"),
-                           *args], capture_output=True, text=True, timeout=300, **as_user(user))
-    if check:
-        assert proc.returncode == 0, proc.stderr
-    return proc
+    return fusesnap_cli(user, workdir / "sock", *args, check=check)
 
 
 def inside(user: pwd.struct_passwd, workdir: Path, *command: str,
@@ -273,15 +247,8 @@ def _refused(user: pwd.struct_passwd, workdir: Path, *args: str,
 
 def test_a_user_without_subordinate_ranges_is_told_how_to_add_them(
         user: pwd.struct_passwd, workdir: Path) -> None:
-    name = "fusesnap-noranges"
-    try:
-        other = pwd.getpwnam(name)
-    except KeyError:
-        # A system user: Debian's useradd gives it no subordinate ranges.
-        subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/bin/sh", name],
-                       check=True)
-        other = pwd.getpwnam(name)
-    assert not _has_range("/etc/subuid", other)
+    other = rangeless_user()
+    name = other.pw_name
     os.chown(workdir, other.pw_uid, other.pw_gid)
     line = _refused(other, workdir)
     assert f"{name} has no subordinate uids in /etc/subuid" in line

@@ -43,10 +43,12 @@ as_root() {
 # pyfuse3; containerd and runc for the containerd suites; umoci, busybox and
 # zstd for their images; fuse-overlayfs and fio for the benchmarks; shellcheck
 # for the scripts' check; make for the VM, whose box has none; uidmap
-# (newuidmap, newgidmap) for `serve --userns`.
+# (newuidmap, newgidmap) for `serve --userns`; rootlesskit and slirp4netns (its
+# network where /dev/net/tun is usable) for scripts/rootless-containerd.
 packages=(fuse3 libfuse3-dev pkg-config gcc make python3 python3-dev python3-venv attr
           golang-github-containerd-containerd-dev containerd
-          runc umoci busybox-static zstd fuse-overlayfs fio shellcheck uidmap)
+          runc umoci busybox-static zstd fuse-overlayfs fio shellcheck uidmap
+          rootlesskit slirp4netns)
 
 missing=()
 for p in "${packages[@]}"; do
