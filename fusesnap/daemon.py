@@ -57,6 +57,21 @@ def _lock_root(root: Path) -> int:
     return fd
 
 
+def _check_not_served(root: Path) -> None:
+    """StartupError if a daemon holds `root`'s lock (checked before anything
+    else, whose errors would name its mount instead); creates nothing."""
+    try:
+        fd = os.open(root / "lock", os.O_RDWR)
+    except OSError:
+        return  # no lock yet, or one we cannot open: _lock_root will say
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise StartupError(f"another fusesnap is serving {root}") from None
+    finally:
+        os.close(fd)  # closing drops a lock taken here
+
+
 def _unmount(path: Path) -> None:
     for cmd in (["fusermount3", "-u", "-z", str(path)], ["umount", "-l", str(path)]):
         if shutil.which(cmd[0]) and subprocess.run(cmd, capture_output=True).returncode == 0:
@@ -64,23 +79,74 @@ def _unmount(path: Path) -> None:
     raise StartupError(f"cannot unmount stale mount at {path}; run: fusermount3 -u -z {path}")
 
 
-def prepare_mountpoint(path: Path) -> None:
-    """Create the mountpoint; clear a mount left by a killed daemon."""
+def _fstype(path: Path) -> str | None:
+    """The file system type /proc/self/mountinfo gives the mount at `path`."""
+    target = os.fsencode(path)
+    try:
+        with open("/proc/self/mountinfo", "rb") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    found = None
+    for line in lines:  # the last mount at a path is the one on top
+        fields, _, rest = line.partition(b" - ")
+        parts = fields.split()
+        if len(parts) > 4 and parts[4].decode("unicode_escape").encode("latin-1") == target:
+            found = rest.split()[0].decode(errors="replace") if rest else None
+    return found
+
+
+def check_mountpoint(path: Path) -> bool:
+    """Whether `path` can be the mountpoint (StartupError, changing nothing,
+    if not): missing, an empty directory, or the stale mount of a killed
+    fusesnap. True for the last (:func:`prepare_mountpoint` clears it)."""
     try:
         # statfs, not stat: the kernel may answer a stat from its cache even
         # when the daemon is gone, while a statfs always reaches the daemon.
         os.statvfs(path)
     except FileNotFoundError:
-        path.mkdir(parents=True)
-        return
+        return False
     except OSError as e:
         if e.errno != errno.ENOTCONN:
-            raise
-        log.warning("clearing stale mount at %s (transport endpoint is not connected)", path)
-        _unmount(path)
-        return
+            raise StartupError(f"mountpoint {path}: {e.strerror}") from None
+        if _fstype(path) != "fuse.fusesnap":
+            raise StartupError(f"mountpoint {path} is the dead mount of another file system "
+                               f"({_fstype(path) or 'unknown'}); unmount it first "
+                               f"(fusermount3 -u -z {path})") from None
+        return True
     if os.path.ismount(path):
         raise StartupError(f"{path} is already a mount point; unmount it first")
+    if not path.is_dir():
+        raise StartupError(f"mountpoint {path} is not a directory; give --mountpoint an "
+                           "empty directory (or a path that does not exist)")
+    try:
+        with os.scandir(path) as entries:
+            if next(entries, None) is not None:
+                raise StartupError(f"mountpoint {path} is not empty: mounting over it would "
+                                   "hide its files; give --mountpoint an empty directory")
+    except PermissionError:
+        raise StartupError(f"mountpoint {path}: permission denied") from None
+    return False
+
+
+def prepare_mountpoint(path: Path, stale: bool) -> None:
+    """Create the mountpoint, or clear the mount a killed daemon left there."""
+    if stale:
+        log.warning("clearing stale mount at %s (transport endpoint is not connected)", path)
+        _unmount(path)
+    elif not path.exists():
+        path.mkdir(parents=True)
+
+
+SOCKET_PATH_MAX = 107
+"""Bytes of a unix socket's path (sun_path holds 108 with the final NUL)."""
+
+
+def check_socket_path(path: Path) -> None:
+    if len(os.fsencode(path)) > SOCKET_PATH_MAX:
+        raise StartupError(f"socket path {path} is {len(os.fsencode(path))} bytes long; a unix "
+                           f"socket's path holds at most {SOCKET_PATH_MAX}: choose a shorter "
+                           "--socket")
 
 
 def prepare_socket(path: Path, group: int | None) -> None:
@@ -174,11 +240,17 @@ def _private_store(root: Path) -> None:
 async def serve(config: Config) -> None:
     """Serve until SIGTERM or SIGINT, then stop cleanly."""
     restrict_process()
+    _check_not_served(config.root)
+    check_socket_path(config.socket)
+    stale = check_mountpoint(config.mountpoint)
     try:
         group = socket_group(config.socket_group)
         private_dir(config.root)
     except NotPrivate as e:
         raise StartupError(str(e)) from None
+    except OSError as e:
+        raise StartupError(f"cannot use {e.filename or config.root} as the store: {e.strerror}"
+                           " (give --root a directory this user may create or own)") from None
     lock = _lock_root(config.root)
     reuse_megabyte_buffers()
     space = Space(config.root)
@@ -192,7 +264,7 @@ async def serve(config: Config) -> None:
         content = ContentStore(db, config.root / "content", space)
         content.recover()
         _private_store(config.root)
-        prepare_mountpoint(config.mountpoint)
+        prepare_mountpoint(config.mountpoint, stale)
         prepare_socket(config.socket, group)
         options = mount_options()
         collector = Collector(db, snapshotter, content, config.ingest_grace, config.gc_delay)

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 from fusesnap.store.db import GROUP_WINDOW
 from tests.conftest import Daemon
@@ -113,3 +116,60 @@ def test_second_daemon_on_same_root_is_refused(daemon: Daemon, tmp_path) -> None
     assert proc.returncode == 1
     assert f"another fusesnap is serving {daemon.root}" in proc.stderr
     assert os.path.ismount(daemon.mountpoint)
+
+
+# --------------------------------------------------------------------------- bad start-up
+
+
+def _refused(tmp_path, *args: str, user: object = None) -> str:
+    """`serve ARGS` exits 1 with one line (no traceback) and creates nothing."""
+    root = tmp_path / "root"
+    run: dict[str, object] = {}
+    if user is not None:
+        from tests.rootless_env import as_user
+        run = as_user(user)  # type: ignore[arg-type]
+        command = ["/usr/bin/python3"]
+    else:
+        command = [sys.executable]
+    proc = subprocess.run([*command, "-m", "fusesnap", "serve", "--root", str(root),
+                           "--socket", str(tmp_path / "s.sock"), *args],
+                          capture_output=True, text=True, timeout=60, **run)  # type: ignore[call-overload]
+    lines = proc.stderr.splitlines()
+    assert proc.returncode == 1 and len(lines) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not root.exists() and not (tmp_path / "s.sock").exists()
+    return lines[0]
+
+
+def test_a_mountpoint_that_is_a_file_is_refused(tmp_path) -> None:
+    (tmp_path / "file").write_text("keep")
+    line = _refused(tmp_path, "--mountpoint", str(tmp_path / "file"))
+    assert f"mountpoint {tmp_path}/file is not a directory" in line
+    assert (tmp_path / "file").read_text() == "keep"
+
+
+def test_a_mountpoint_that_is_not_empty_is_refused(tmp_path) -> None:
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("keep")
+    line = _refused(tmp_path, "--mountpoint", str(tmp_path / "full"))
+    assert f"mountpoint {tmp_path}/full is not empty" in line
+    assert not os.path.ismount(tmp_path / "full")
+
+
+def test_a_socket_path_too_long_for_a_unix_socket_is_refused(tmp_path) -> None:
+    long = tmp_path / ("s" * 120) / "x.sock"
+    line = _refused(tmp_path, "--socket", str(long))
+    assert "a unix socket's path holds at most 107: choose a shorter --socket" in line
+    assert not long.parent.exists()
+
+
+def test_a_root_the_user_cannot_create_is_one_line(user) -> None:
+    # root's directory, which the user may look into but not write
+    # (pytest's own temporary directories are root's 0700)
+    where = Path(tempfile.mkdtemp(prefix="fusesnap-noroot-"))
+    try:
+        where.chmod(0o755)
+        line = _refused(where, user=user)
+        assert f"cannot use {where}/root as the store: Permission denied" in line
+    finally:
+        shutil.rmtree(where)

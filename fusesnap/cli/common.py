@@ -15,11 +15,13 @@ plain byte counts in JSON.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import stat
 import sys
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, TypeVar
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import IO, Any, TypeVar
 
 import grpc
 import grpc.experimental
@@ -268,3 +270,69 @@ def subcommands(
         return p
 
     return command
+
+
+# ---------------------------------------------------------------------- files written
+
+
+@contextlib.contextmanager
+def output(path: str, force: bool = False, what: str = "a tar") -> Iterator[IO[bytes]]:
+    """Where a command writes `what`, never replacing a path it was not asked
+    to create:
+
+    - ``-`` is standard output (refused when it is a terminal);
+    - a character device, FIFO or socket, or any path under /dev or /proc
+      (``/dev/stdout``, ``/dev/fd/3``), is opened and written in place;
+    - a directory is refused;
+    - an existing file is replaced only with `force`;
+    - otherwise the bytes go to a temporary file beside `path`, renamed to it
+      once complete: a failed write leaves nothing.
+    CommandError for each refusal, before anything is written."""
+    if path == "-":
+        out = sys.stdout.buffer
+        if out.isatty():
+            raise CommandError(f"refusing to write {what} to a terminal: redirect it")
+        yield out
+        out.flush()
+        return
+    absolute = os.path.abspath(path)
+    try:
+        st: os.stat_result | None = os.stat(path)
+    except FileNotFoundError:
+        st = None
+    except OSError as e:
+        raise CommandError(f"{path}: {e.strerror}") from None
+    in_place = absolute.startswith(("/dev/", "/proc/")) or (
+        st is not None and (stat.S_ISCHR(st.st_mode) or stat.S_ISFIFO(st.st_mode)
+                            or stat.S_ISSOCK(st.st_mode)))
+    if in_place:
+        try:
+            f = open(path, "wb")  # noqa: SIM115 (closed below)
+        except OSError as e:
+            raise CommandError(f"{path}: {e.strerror}") from None
+        with f:
+            if f.isatty():
+                raise CommandError(f"refusing to write {what} to a terminal ({path}): "
+                                   "redirect it")
+            yield f
+        return
+    if st is not None and stat.S_ISDIR(st.st_mode):
+        raise CommandError(f"{path} is a directory: give a file name")
+    if st is not None and not force:
+        raise CommandError(f"{path} exists: --force replaces it")
+    tmp = f"{absolute}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "xb") as f:
+            yield f
+        os.replace(tmp, absolute)
+    except OSError as e:
+        _discard(tmp)
+        raise CommandError(f"{path}: {e.strerror}") from None
+    except BaseException:
+        _discard(tmp)
+        raise
+
+
+def _discard(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)

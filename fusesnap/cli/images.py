@@ -36,7 +36,9 @@ diff_id and a history entry, and a manifest with the layer on top, commits KEY
 as the new layer's snapshot (KEY is gone afterwards; `prepare NAME` starts
 from it), points image NAME at the new manifest and prints ``NAME DIGEST``.
 `export` writes the image's manifest for this platform, its config and
-layers, with an index.json naming it NAME, as ``ctr images import`` reads.
+layers, with an index.json naming it NAME, as ``ctr images import`` reads;
+ARCHIVE ``-`` is standard output, a pipe or device is written in place, and an
+existing file is replaced only with ``--force``.
 
 An image is a record only: `create` neither checks nor fetches its target.
 SIZE is the size of the target descriptor (a manifest or an index), not of
@@ -226,10 +228,13 @@ def _commit(args: argparse.Namespace, channel: grpc.Channel) -> None:
 
 
 def _export(args: argparse.Namespace, channel: grpc.Channel) -> None:
-    try:
-        export_image(channel, args.name, args.archive)
-    except (ArchiveError, OSError) as err:
-        raise common.CommandError(f"export {args.name}: {err}") from err
+    # The image must exist before anything is created or replaced.
+    ImagesStub(channel).Get(ipb.GetImageRequest(name=args.name))
+    with common.output(args.archive, args.force, "an image archive") as out:
+        try:
+            export_image(channel, args.name, out)
+        except (ArchiveError, OSError) as err:
+            raise common.CommandError(f"export {args.name}: {err}") from err
 
 
 # ---------------------------------------------------------------------- parser
@@ -319,5 +324,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
     p = command("export", _export, "write an image to a tar of an OCI image layout")
     p.add_argument("name", metavar="NAME")
-    p.add_argument("archive", metavar="ARCHIVE")
+    p.add_argument("archive", metavar="ARCHIVE",
+                   help="the tar to write: - for standard output; a pipe or device is "
+                        "written in place; an existing file is replaced only with --force")
+    p.add_argument("--force", "-f", action="store_true", help="replace an existing ARCHIVE")
     on_channel(p, _export)

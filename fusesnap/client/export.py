@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import tarfile
 from collections.abc import Iterator
+from typing import IO
 
 import grpc
 
@@ -60,11 +60,12 @@ def _member(name: str, size: int = 0, directory: bool = False) -> tarfile.TarInf
     return info
 
 
-def export_image(channel: grpc.Channel, name: str, path: str | os.PathLike[str]
-                 ) -> ArchiveDescriptor:
-    """Write image `name` to `path` (see the module docstring); returns the
-    manifest descriptor index.json names. Raises ArchiveError (an invalid
-    document), grpc.RpcError (NotFound: no such image or a missing blob) or OSError."""
+def export_image(channel: grpc.Channel, name: str, out: IO[bytes]) -> ArchiveDescriptor:
+    """Write image `name` as a tar stream to `out` (see the module
+    docstring); returns the manifest descriptor index.json names. Raises
+    ArchiveError (an invalid document), grpc.RpcError (NotFound: no such
+    image or a missing blob) or OSError. Where the tar goes (a file replaced
+    whole, a pipe) is the caller's."""
     client = Client(channel)
     t = client.images.Get(ipb.GetImageRequest(name=name)).image.target
     source = StoreSource(client.content)
@@ -80,27 +81,18 @@ def export_image(channel: grpc.Channel, name: str, path: str | os.PathLike[str]
     layout = json.dumps({"imageLayoutVersion": "1.0.0"}).encode()
     blobs = {d.digest: d for d in (image.manifest, image.config, *image.layers)}
 
-    tmp = f"{os.fspath(path)}.tmp-{os.getpid()}"
-    try:
-        with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
-            tar.addfile(_member("oci-layout", len(layout)), io.BytesIO(layout))
-            tar.addfile(_member("index.json", len(index)), io.BytesIO(index))
-            algorithms = sorted({d.partition(":")[0] for d in blobs})
-            tar.addfile(_member("blobs", directory=True))
-            for alg in algorithms:
-                tar.addfile(_member(f"blobs/{alg}", directory=True))
-            for digest in sorted(blobs):
-                desc = blobs[digest]
-                alg, _, hexdigest = digest.partition(":")
-                data = (r.data for r in client.content.Read(
-                    cpb.ReadContentRequest(digest=digest)))
-                tar.addfile(_member(f"blobs/{alg}/{hexdigest}", desc.size),
-                            io.BufferedReader(_Chunks(data), CHUNK))
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+        tar.addfile(_member("oci-layout", len(layout)), io.BytesIO(layout))
+        tar.addfile(_member("index.json", len(index)), io.BytesIO(index))
+        algorithms = sorted({d.partition(":")[0] for d in blobs})
+        tar.addfile(_member("blobs", directory=True))
+        for alg in algorithms:
+            tar.addfile(_member(f"blobs/{alg}", directory=True))
+        for digest in sorted(blobs):
+            desc = blobs[digest]
+            alg, _, hexdigest = digest.partition(":")
+            data = (r.data for r in client.content.Read(
+                cpb.ReadContentRequest(digest=digest)))
+            tar.addfile(_member(f"blobs/{alg}/{hexdigest}", desc.size),
+                        io.BufferedReader(_Chunks(data), CHUNK))
     return image.manifest
