@@ -80,6 +80,16 @@ class Report:
     """Layer directories of removed snapshots, still to delete: nothing refers to
     them any more, so any thread may (:meth:`finish`)."""
 
+    def names(self, most: int = 10) -> str:
+        """What was removed, by key, digest, ref and lease (at most `most` of
+        each, then how many more), for the log."""
+        def some(what: str, items: list[str]) -> str:
+            more = f" and {len(items) - most} more" if len(items) > most else ""
+            return f"{what} {', '.join(items[:most])}{more}"
+        parts = [("snapshots", self.snapshots), ("blobs", self.content),
+                 ("ingests", self.ingests), ("leases", [f"{ns}/{i}" for ns, i in self.leases])]
+        return "removed " + "; ".join(some(w, items) for w, items in parts if items)
+
     def finish(self) -> None:
         """Delete the removed snapshots' layer directories."""
         while self.layers:
@@ -318,9 +328,9 @@ class Collector:
         report.seconds = time.monotonic() - started
         if report.content or report.ingests or report.snapshots or report.leases:
             log.info("garbage collection%s: %d blobs, %d ingests, %d snapshots, "
-                     "%d expired leases in %.3fs", " (dry run)" if dry_run else "",
+                     "%d expired leases in %.3fs; %s", " (dry run)" if dry_run else "",
                      len(report.content), len(report.ingests), len(report.snapshots),
-                     len(report.leases), report.seconds)
+                     len(report.leases), report.seconds, report.names())
         return report
 
 

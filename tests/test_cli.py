@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from fusesnap.cli.common import human_size
+from fusesnap.cli.common import GC_ROOT, human_size
 from fusesnap.pb import snapshots_pb2 as spb
 from tests.conftest import Daemon
 
@@ -81,9 +81,36 @@ def test_prepare_with_a_parent_shows_the_parents_files(daemon: Daemon) -> None:
     assert stat(daemon, "work").parent == "base"
 
 
+def kept(labels: object) -> dict[str, str]:
+    """`labels` less the containerd.io/gc.root label every CLI-made snapshot
+    gets (issue 19: work made with the CLI stays), which must be there."""
+    found = dict(labels)  # type: ignore[call-overload]
+    assert RFC3339_UTC.match(found.pop(GC_ROOT, "")), found
+    return found
+
+
 def test_prepare_sets_the_labels_of_label_options(daemon: Daemon) -> None:
     ok(daemon, "prepare", "work", "--label", "a=1", "--label", "b=two=2")
-    assert dict(stat(daemon, "work").labels) == {"a": "1", "b": "two=2"}
+    assert kept(stat(daemon, "work").labels) == {"a": "1", "b": "two=2"}
+
+
+def test_what_the_cli_makes_stays_through_collections_unless_asked(daemon: Daemon) -> None:
+    """The README's first snapshots survive an unrelated deletion's collection;
+    --no-gc-root leaves them to it, as containerd's clients do."""
+    ok(daemon, "prepare", "base-work")
+    ok(daemon, "commit", "base", "base-work")
+    ok(daemon, "view", "look", "base")
+    ok(daemon, "prepare", "loose", "--no-gc-root")
+    ok(daemon, "prepare", "other")
+    ok(daemon, "rm", "other")  # a deletion: a collection follows
+    proc = subprocess.run([sys.executable, "-m", "fusesnap", "--socket", str(daemon.socket),
+                           "gc"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    names = {i["name"] for i in json.loads(ok(daemon, "ls", "--json"))}
+    assert names == {"base", "look"}
+    assert GC_ROOT in stat(daemon, "look").labels
+    removed = [line for line in daemon.logs().splitlines() if "garbage collection" in line]
+    assert any("removed snapshots loose" in line for line in removed), removed
 
 
 def test_prepare_json_gives_key_path_and_mounts(daemon: Daemon) -> None:
@@ -138,7 +165,7 @@ def test_commit_creates_a_committed_snapshot_with_its_labels_and_prints_nothing(
     assert ok(daemon, "commit", "done", "work", "--label", "k=v") == ""
     info = stat(daemon, "done")
     assert info.kind == spb.COMMITTED
-    assert dict(info.labels) == {"k": "v"}
+    assert kept(info.labels) == {"k": "v"}
 
 
 def test_rm_removes_every_key_given(daemon: Daemon) -> None:

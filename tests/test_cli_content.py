@@ -15,6 +15,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from fusesnap.cli.common import GC_ROOT
 from fusesnap.pb import content_pb2 as cpb
 from fusesnap.pb.content_pb2_grpc import ContentStub
 from tests.conftest import PROXY, Daemon, module_daemon
@@ -95,7 +96,14 @@ def test_ingest_of_more_than_one_chunk_from_a_pipe_is_byte_exact(daemon, cs):
 
 def test_ingest_sets_the_labels_of_label_options(daemon, cs, unique):
     ok(daemon, "ingest", "ref-l", "--label", "a=1", "--label", "b=2", input=unique)
-    assert dict(info(cs, sha(unique)).labels) == {"a": "1", "b": "2"}
+    labels = dict(info(cs, sha(unique)).labels)
+    assert labels.pop(GC_ROOT)  # issue 19: work made with the CLI stays
+    assert labels == {"a": "1", "b": "2"}
+
+
+def test_ingest_with_no_gc_root_sets_only_the_labels_asked_for(daemon, cs, unique):
+    ok(daemon, "ingest", "ref-n", "--label", "a=1", "--no-gc-root", input=unique)
+    assert dict(info(cs, sha(unique)).labels) == {"a": "1"}
 
 
 def test_ingest_with_the_right_expected_digest_and_size_succeeds(daemon, unique):

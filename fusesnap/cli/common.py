@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime
 import json
 import os
 import stat
@@ -55,6 +56,27 @@ def label_arg(text: str) -> tuple[str, str]:
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
     return key, value
+
+
+GC_ROOT = "containerd.io/gc.root"
+
+
+def add_keep_option(parser: argparse.ArgumentParser) -> None:
+    """`--no-gc-root`: what the command makes is left to garbage collection."""
+    parser.add_argument("--no-gc-root", action="store_true",
+                        help="leave what this makes to garbage collection, as containerd's "
+                             "clients do (default: labelled containerd.io/gc.root, kept until "
+                             "removed, unless the global --lease holds it)")
+
+
+def kept(args: argparse.Namespace, labels: dict[str, str]) -> dict[str, str]:
+    """`labels`, plus ``containerd.io/gc.root`` (the time now) so that what a
+    command makes stays until the user removes it: not under the global
+    ``--lease`` (the lease holds it) nor with ``--no-gc-root``."""
+    if getattr(args, "lease", None) or getattr(args, "no_gc_root", False) or GC_ROOT in labels:
+        return labels
+    now = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    return {**labels, GC_ROOT: now.replace("+00:00", "Z")}
 
 
 def labels_of(pairs: Iterable[tuple[str, str]] | None) -> dict[str, str]:

@@ -16,6 +16,10 @@
 progress bar with bytes/s on stderr when stderr is a terminal. Content that
 is already there counts as success: its digest is printed.
 
+The blob `ingest` commits is labelled ``containerd.io/gc.root`` (the time),
+kept until `rm`, unless the global ``--lease`` holds it or ``--no-gc-root``
+is given.
+
 JSON shapes (``--json``): an Info is ``{"digest", "size", "labels",
 "created_at", "updated_at"}``; an ingest is ``{"ref", "offset", "total",
 "expected", "started_at", "updated_at"}`` (sizes in bytes, RFC 3339 UTC times).
@@ -246,7 +250,7 @@ def _ingest(args: argparse.Namespace, stub: ContentStub) -> None:
     try:
         resp = stream.send(cpb.WriteContentRequest(
             action=cpb.COMMIT, offset=offset, total=total, expected=expected,
-            labels=common.labels_of(args.label)))
+            labels=common.kept(args, common.labels_of(args.label))))
     except grpc.RpcError as err:
         if is_code(err, grpc.StatusCode.ALREADY_EXISTS):
             print(digest)  # the same bytes are committed already
@@ -368,6 +372,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    help="fail unless the content has N bytes")
     p.add_argument("--label", action="append", type=common.label_arg, default=[],
                    metavar="KEY=VALUE", help="label of the new blob (repeatable)")
+    common.add_keep_option(p)
 
     p = command("get", _get, "write a blob to standard output")
     p.add_argument("digest", metavar="DIGEST")

@@ -28,7 +28,7 @@ one per layer, go to stderr when it is a terminal.
 
 `prepare` and `mount` put the new snapshot under the global ``--lease`` if
 given, else label it ``containerd.io/gc.root`` so that garbage collection
-keeps it: ``fusesnap snapshots rm KEY`` removes it.
+keeps it (``--no-gc-root``: neither): ``fusesnap snapshots rm KEY`` removes it.
 
 `commit` diffs KEY against its parent (the top layer of the image `prepare`
 made it from, or ``--base``), stores the gzipped layer, a config with its
@@ -53,7 +53,6 @@ JSON shape (``--json``): an image is ``{"name", "target": {"media_type",
 from __future__ import annotations
 
 import argparse
-import datetime
 import secrets
 import sys
 from typing import Any
@@ -179,8 +178,6 @@ def _import(args: argparse.Namespace, channel: grpc.Channel) -> None:
             print(f"{i.name} {i.target.digest}")
 
 
-GC_ROOT = "containerd.io/gc.root"
-
 
 def _on_image(args: argparse.Namespace, channel: grpc.Channel, key: str, view: bool) -> None:
     client = Client(channel)
@@ -188,10 +185,7 @@ def _on_image(args: argparse.Namespace, channel: grpc.Channel, key: str, view: b
         parent = top_chain_id(client, args.name)
     except ArchiveError as err:
         raise common.CommandError(f"image {args.name}: {err}") from err
-    labels = {BASE_LABEL: args.name}
-    if not args.lease:
-        labels[GC_ROOT] = datetime.datetime.now(datetime.UTC).isoformat(
-            timespec="seconds").replace("+00:00", "Z")
+    labels = common.kept(args, {BASE_LABEL: args.name})
     if view:
         mounts = client.snapshots.View(spb.ViewSnapshotRequest(
             snapshotter=SNAPSHOTTER, key=key, parent=parent, labels=labels)).mounts
@@ -304,6 +298,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                 "and print its directory", json=True)
     p.add_argument("name", metavar="NAME")
     p.add_argument("key", metavar="KEY")
+    common.add_keep_option(p)
     on_channel(p, _prepare)
 
     p = command("mount", _mount, "create a read-only view of an image and print its "
@@ -311,6 +306,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("name", metavar="NAME")
     p.add_argument("--key", default=None, metavar="KEY",
                    help="key of the view (default: NAME-view-RANDOM)")
+    common.add_keep_option(p)
     on_channel(p, _mount)
 
     p = command("commit", _commit, "make image NAME from active snapshot KEY: its "

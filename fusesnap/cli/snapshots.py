@@ -15,6 +15,10 @@
     fusesnap snapshots mknod KEY PATH TYPE [MAJOR MINOR] [--mode M] [--owner U:G]
                                                 record a device node or FIFO
 
+What `prepare`, `view` and `commit` make is labelled ``containerd.io/gc.root``
+(the time), so that garbage collection keeps it until `rm`, unless the global
+``--lease`` holds it or ``--no-gc-root`` is given.
+
 JSON shapes (``--json``): an Info is ``{"name", "parent", "kind", "labels",
 "created_at", "updated_at"}`` with kind ``active``/``committed``/``view`` (the
 filter spelling) and RFC 3339 UTC times; a mount is ``{"type", "source",
@@ -105,13 +109,14 @@ def _created(args: argparse.Namespace, key: str,
 def _prepare(args: argparse.Namespace, stub: SnapshotsStub) -> None:
     resp = stub.Prepare(spb.PrepareSnapshotRequest(
         snapshotter=SNAPSHOTTER, key=args.key, parent=args.parent or "",
-        labels=common.labels_of(args.label)))
+        labels=common.kept(args, common.labels_of(args.label))))
     _created(args, args.key, resp.mounts)
 
 
 def _view(args: argparse.Namespace, stub: SnapshotsStub) -> None:
     resp = stub.View(spb.ViewSnapshotRequest(
-        snapshotter=SNAPSHOTTER, key=args.key, parent=args.parent))
+        snapshotter=SNAPSHOTTER, key=args.key, parent=args.parent,
+        labels=common.kept(args, {})))
     _created(args, args.key, resp.mounts)
 
 
@@ -127,7 +132,7 @@ def _mounts(args: argparse.Namespace, stub: SnapshotsStub) -> None:
 def _commit(args: argparse.Namespace, stub: SnapshotsStub) -> None:
     stub.Commit(spb.CommitSnapshotRequest(
         snapshotter=SNAPSHOTTER, name=args.name, key=args.key,
-        labels=common.labels_of(args.label)))
+        labels=common.kept(args, common.labels_of(args.label))))
 
 
 def _rm(args: argparse.Namespace, stub: SnapshotsStub) -> None:
@@ -285,11 +290,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("parent", metavar="PARENT", nargs="?", default="",
                    help="committed parent (default: empty)")
     label_option(p)
+    common.add_keep_option(p)
 
     p = command("view", _view, "create a read-only view of PARENT and print its directory",
                 json=True)
     p.add_argument("key", metavar="KEY")
     p.add_argument("parent", metavar="PARENT")
+    common.add_keep_option(p)
 
     p = command("mounts", _mounts, "print the mounts of an active snapshot or view",
                 json=True)
@@ -299,6 +306,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("name", metavar="NAME")
     p.add_argument("key", metavar="KEY")
     label_option(p)
+    common.add_keep_option(p)
 
     p = command("rm", _rm, "remove snapshots, stopping at the first failure",
                 aliases=["remove"])
