@@ -16,6 +16,7 @@ from google.protobuf.message_factory import GetMessageClass
 
 from fusesnap.api.apply import ApplierServicer
 from fusesnap.api.badrequests import checked, tolerant
+from fusesnap.api.calllog import logged
 from fusesnap.api.content import ContentServicer
 from fusesnap.api.debug import DebugServicer, Report
 from fusesnap.api.diff import DiffServicer
@@ -55,7 +56,8 @@ def _add_servicer(server: grpc.Server, module: ModuleType, name: str, servicer: 
     """Register `servicer`'s methods for the service `name` of the generated
     `module` (a *_pb2) as its add_*Servicer_to_server would, except that a
     request that does not parse ends its call with InvalidArgument and at most
-    one rate-limited log line (api/badrequests.py), and the methods named in
+    one rate-limited log line (api/badrequests.py), each call is logged at
+    DEBUG (api/calllog.py), and the methods named in
     `encoded` return (or yield) their responses already encoded as bytes."""
     kinds = {(False, False): grpc.unary_unary_rpc_method_handler,
              (False, True): grpc.unary_stream_rpc_method_handler,
@@ -68,7 +70,8 @@ def _add_servicer(server: grpc.Server, module: ModuleType, name: str, servicer: 
         output = GetMessageClass(method.output_type)
         path = f"/{service.full_name}/{method.name}"
         handlers[method.name] = make(
-            checked(getattr(servicer, method.name), path, method.client_streaming),
+            logged(checked(getattr(servicer, method.name), path, method.client_streaming),
+                   path, method.client_streaming, method.server_streaming),
             request_deserializer=tolerant(GetMessageClass(method.input_type).FromString, path),
             response_serializer=_encoded if method.name in encoded else output.SerializeToString)
     server.add_generic_rpc_handlers(

@@ -5,10 +5,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import sys
 from collections.abc import Sequence
 
-from fusesnap import __version__
+from fusesnap import __version__, logs
 from fusesnap.config import Config, Role, default_socket
 
 
@@ -89,8 +88,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--lease", default=os.environ.get("FUSESNAP_LEASE") or None,
                         help="lease that created snapshots and content join "
                              "(env FUSESNAP_LEASE)")
-    parser.add_argument("--log-level", default="INFO",
-                        choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument("--log-level", default=os.environ.get("FUSESNAP_LOG_LEVEL") or "INFO",
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                        help="DEBUG adds a line per gRPC call (method, namespace, names, "
+                             "status, time; env FUSESNAP_LOG_LEVEL; default INFO)")
+    parser.add_argument("--log-format", choices=list(logs.FORMATS),
+                        default=logs.default_format(),
+                        help="text lines, or one JSON object a line (env "
+                             "FUSESNAP_LOG_FORMAT; default text)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
@@ -142,6 +147,5 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(args.log_level, args.log_format)
     return int(args.func(args) or 0)
