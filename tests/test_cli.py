@@ -210,6 +210,12 @@ def test_ls_prints_a_key_parent_kind_table(daemon: Daemon) -> None:
     )
 
 
+def test_ls_quiet_prints_only_the_keys(daemon: Daemon) -> None:
+    committed(daemon, "base")
+    daemon.prepare("work", "base")
+    assert ok(daemon, "ls", "-q") == "base\nwork\n"
+
+
 def test_ls_of_no_snapshots_prints_only_the_header(daemon: Daemon) -> None:
     assert ok(daemon, "ls") == "KEY  PARENT  KIND\n"
 

@@ -393,3 +393,9 @@ def test_against_a_proxy_daemon_the_commands_say_why_they_fail(proxy, args):
     assert err.startswith("fusesnap: the daemon does not serve ")
     assert "proxy role" in err
     assert err.count("\n") == 1
+
+
+def test_resources_quiet_prints_type_and_id_a_line(daemon, ns):
+    create(daemon, ns, "l")
+    add(daemon, ns, "l", "content", D2)
+    assert ok(daemon, "leases", "resources", "-q", "l", ns=ns) == f"content {D2}\n"

@@ -44,6 +44,11 @@ class CommandError(Exception):
 # ---------------------------------------------------------------------- arguments
 
 
+def add_quiet_option(parser: argparse.ArgumentParser, what: str) -> None:
+    """`-q`/`--quiet`: a listing prints only `what`, one a line."""
+    parser.add_argument("-q", "--quiet", action="store_true", help=f"print only {what}")
+
+
 def add_json_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true",
                         help="print one JSON document instead of text")

@@ -168,6 +168,9 @@ def _resources(args: argparse.Namespace, stub: LeasesStub) -> None:
     found = stub.ListResources(lpb.ListResourcesRequest(id=args.id)).resources
     if args.json:
         common.print_json([resource_json(r) for r in found])
+    elif args.quiet:
+        for r in found:
+            print(f"{r.type} {r.id}")
     else:
         common.print_table(["type", "id"], [(r.type, r.id) for r in found])
 
@@ -198,11 +201,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = command("ls", _ls, "list leases (filters are OR-ed, e.g. labels.team==infra)",
                 aliases=["list"], json=True)
     p.add_argument("-q", "--quiet", action="store_true", help="print only the ids")
-    p.add_argument("filters", metavar="FILTER", nargs="*")
+    p.add_argument("filters", metavar="FILTER", nargs="*",
+                   help="containerd filters, e.g. id==build, labels.k==v")
 
     p = command("rm", _rm, "delete leases, stopping at the first failure",
                 aliases=["delete"])
-    p.add_argument("ids", metavar="ID", nargs="+")
+    p.add_argument("ids", metavar="ID", nargs="+", help="leases to delete")
     p.add_argument("--sync", action="store_true",
                    help="return after the garbage collection that follows")
 
@@ -217,3 +221,4 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
     p = command("resources", _resources, "list what a lease references", json=True)
     p.add_argument("id", metavar="ID", help="the lease")
+    common.add_quiet_option(p, "TYPE ID of each resource")

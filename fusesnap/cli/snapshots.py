@@ -149,6 +149,9 @@ def _ls(args: argparse.Namespace, stub: SnapshotsStub) -> None:
     infos = list_all(stub, args.filters)
     if args.json:
         common.print_json([info_json(i) for i in infos])
+    elif args.quiet:
+        for i in infos:
+            print(i.name)
     else:
         common.print_table(["key", "parent", "kind"],
                            [(i.name, i.parent, kind_name(i.kind).capitalize())
@@ -286,7 +289,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
     p = command("prepare", _prepare, "create an active snapshot and print its directory",
                 json=True)
-    p.add_argument("key", metavar="KEY")
+    p.add_argument("key", metavar="KEY", help="the new snapshot's key (a name you choose)")
     p.add_argument("parent", metavar="PARENT", nargs="?", default="",
                    help="committed parent (default: empty)")
     label_option(p)
@@ -294,50 +297,55 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
     p = command("view", _view, "create a read-only view of PARENT and print its directory",
                 json=True)
-    p.add_argument("key", metavar="KEY")
-    p.add_argument("parent", metavar="PARENT")
+    p.add_argument("key", metavar="KEY", help="the new view's key (a name you choose)")
+    p.add_argument("parent", metavar="PARENT", help="the committed snapshot to view")
     common.add_keep_option(p)
 
     p = command("mounts", _mounts, "print the mounts of an active snapshot or view",
                 json=True)
-    p.add_argument("key", metavar="KEY")
+    p.add_argument("key", metavar="KEY", help="an active snapshot's or a view's key")
 
     p = command("commit", _commit, "commit active snapshot KEY as NAME")
-    p.add_argument("name", metavar="NAME")
-    p.add_argument("key", metavar="KEY")
+    p.add_argument("name", metavar="NAME", help="the committed snapshot's name (new)")
+    p.add_argument("key", metavar="KEY", help="the active snapshot to commit (it goes)")
     label_option(p)
     common.add_keep_option(p)
 
     p = command("rm", _rm, "remove snapshots, stopping at the first failure",
                 aliases=["remove"])
-    p.add_argument("keys", metavar="KEY", nargs="+")
+    p.add_argument("keys", metavar="KEY", nargs="+",
+                   help="snapshots to remove (a parent only once its children are gone)")
 
     p = command("ls", _ls, "list snapshots (filters are OR-ed, e.g. kind==active)",
                 aliases=["list"], json=True)
-    p.add_argument("filters", metavar="FILTER", nargs="*")
+    p.add_argument("filters", metavar="FILTER", nargs="*",
+                   help="containerd filters, e.g. kind==active, parent==base, labels.k==v")
+    common.add_quiet_option(p, "the keys")
 
     p = command("info", _info, "print a snapshot's info as JSON")
-    p.add_argument("key", metavar="KEY")
+    p.add_argument("key", metavar="KEY", help="the snapshot's key or name")
 
     p = command("usage", _usage, "print the disk usage of one or all snapshots", json=True)
-    p.add_argument("key", metavar="KEY", nargs="?", default=None)
+    p.add_argument("key", metavar="KEY", nargs="?", default=None,
+                   help="one snapshot (default: every snapshot)")
 
     p = command("label", _label, "set labels (KEY= removes one) and print the result",
                 json=True)
-    p.add_argument("key", metavar="KEY")
-    p.add_argument("labels", metavar="KEY=VALUE", nargs="+", type=common.label_arg)
+    p.add_argument("key", metavar="KEY", help="the snapshot's key or name")
+    p.add_argument("labels", metavar="KEY=VALUE", nargs="+", type=common.label_arg,
+                   help="labels to set; KEY= removes KEY")
 
     command("tree", _tree, "print snapshots as a parent/child tree", json=True)
 
     p = command("diff", _diff, "write the changes of snapshot KEY (active or committed) "
                 "relative to its parent to stdout as an uncompressed OCI layer tar")
-    p.add_argument("key", metavar="KEY")
+    p.add_argument("key", metavar="KEY", help="an active or committed snapshot")
     p.set_defaults(func=lambda args: common.run(args, lambda channel: _diff(args, channel)))
 
     p = command("mknod", _mknod, "record a device node or FIFO at PATH in active snapshot "
                 "KEY, as a layer would hold it: for a user namespace's root, whom the "
                 "kernel refuses mknod(2) of devices")
-    p.add_argument("key", metavar="KEY")
+    p.add_argument("key", metavar="KEY", help="the active snapshot")
     p.add_argument("path", metavar="PATH", help="inside the snapshot; its directory must "
                    "exist and the path must not")
     p.add_argument("type", metavar="TYPE", choices=["c", "b", "p"],
