@@ -69,7 +69,7 @@ def test_a_committed_and_exported_image_runs_with_its_changes_in_containerd(
         f.write("added:x:1001:1001::/:/bin/sh\n")
     (root / "etc/group").unlink()
 
-    name, digest = cli(fusesnap, "commit", "work", COMMITTED).split()
+    name, digest = cli(fusesnap, "commit", COMMITTED, "work").split()
     assert name == COMMITTED and digest.startswith("sha256:")
     archive = tmp_path / "changed.tar"
     cli(fusesnap, "export", COMMITTED, str(archive))

@@ -90,7 +90,7 @@ def test_an_ordinary_user_imports_commits_and_exports_images_keeping_root_owned_
     changed, changed_xattrs = host_tree(work), xattrs(work)
     assert changed["./hello.txt"].uid == 0 and "./data/over" not in changed
 
-    name, digest = fusesnap(user, workdir, "commit", "build", CHANGED).split()
+    name, digest = fusesnap(user, workdir, "commit", CHANGED, "build").split()
     assert (name, digest[:7]) == (CHANGED, "sha256:")
     exported = workdir / "changed.tar"
     fusesnap(user, workdir, "export", CHANGED, str(exported))

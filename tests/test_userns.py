@@ -177,7 +177,7 @@ def test_a_userns_daemon_shows_an_image_as_root_sees_it_and_its_changes_survive_
     listed = inside(user, workdir, SYSTEM_PYTHON, "-m", "fusesnap", "snapshots", "ls").stdout
     assert "build" in listed
 
-    name, digest = fusesnap(user, workdir, "images", "commit", "build", CHANGED).stdout.split()
+    name, digest = fusesnap(user, workdir, "images", "commit", CHANGED, "build").stdout.split()
     assert (name, digest[:7]) == (CHANGED, "sha256:")
     exported = workdir / "changed.tar"
     fusesnap(user, workdir, "images", "export", CHANGED, str(exported))

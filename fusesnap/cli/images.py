@@ -13,7 +13,7 @@
     fusesnap images prepare NAME KEY          prints the directory of a new active
                                               snapshot on the image's top layer
     fusesnap images mount NAME [--key KEY]    prints the directory of a read-only view
-    fusesnap images commit KEY NAME [--base IMAGE]
+    fusesnap images commit NAME KEY [--base IMAGE]
                                               active snapshot KEY's changes as a new
                                               image: the base image plus one layer
     fusesnap images export NAME ARCHIVE       the image as a tar of an OCI layout
@@ -311,8 +311,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
     p = command("commit", _commit, "make image NAME from active snapshot KEY: its "
                 "changes as one more layer on the image it was prepared from", json=True)
-    p.add_argument("key", metavar="KEY")
-    p.add_argument("name", metavar="NAME")
+    p.add_argument("name", metavar="NAME", help="the image to record (new, or moved to the "
+                   "new manifest), first as in `snapshots commit NAME KEY`")
+    p.add_argument("key", metavar="KEY", help="the active snapshot (from `images prepare`); "
+                   "it becomes the new layer's committed snapshot")
     p.add_argument("--base", default=None, metavar="IMAGE",
                    help="the image KEY was prepared from (default: as `images prepare` "
                         "recorded it)")

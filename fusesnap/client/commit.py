@@ -1,4 +1,4 @@
-"""``fusesnap images commit KEY NAME``: an active snapshot's changes as a new
+"""``fusesnap images commit NAME KEY``: an active snapshot's changes as a new
 image, one layer on top of the image it was prepared from.
 
 :func:`commit_image` streams the snapshot's diff (the daemon's ``Differ``),
