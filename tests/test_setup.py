@@ -152,13 +152,15 @@ def test_ci_runs_make_test(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("args", "flags"), [
     (("test",), " --with-vagrant"),
     (("test", "WITH_VAGRANT=0"), ""),
-    (("run",), ""),
+    (("run",), " --run --link"),
+    (("install-service",), " --run"),
     (("setup",), ""),
 ])
 def test_make_sets_up_with_the_provision_script_first(args: tuple[str, ...],
                                                       flags: str) -> None:
     """Only `make test` installs vagrant (to validate the Vagrantfile); the VM's suite
-    runs with WITH_VAGRANT=0."""
+    runs with WITH_VAGRANT=0. `make run` and `make install-service` install only what
+    the daemon needs (--run), and `make run` links `fusesnap` into ~/.local/bin."""
     dry = _make("-n", *args)
     assert dry.returncode == 0, dry.stderr
     first = dry.stdout.splitlines()[0].rstrip()
