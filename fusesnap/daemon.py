@@ -290,8 +290,8 @@ async def serve(config: Config) -> None:
                     # "serving" and READY=1 once the mount answers; the gRPC
                     # server is up by then (started below, before this task runs).
                     def ready() -> None:
-                        log.info("serving")
                         systemd.notify("READY=1", f"STATUS=serving on {config.socket}")
+                        log.info("serving")
 
                     nursery.start_soon(fuse.serve, config.mountpoint, ready)
                     committer = trio.CancelScope()

@@ -17,6 +17,7 @@
 #   --link          then link `fusesnap` into ~/.local/bin (created if missing), unless
 #                   something else already has that name there, and say where it is
 #                   and, if ~/.local/bin is not on PATH, the line that puts it there.
+#   --link-only     that step alone (tests/test_service.py), on an installed venv.
 #   --with-vagrant  also install vagrant, with which the suite validates
 #                   vagrant/Vagrantfile. `make test` passes it, so a workstation
 #                   checks what CI checks; `make run` does not need vagrant, and
@@ -36,7 +37,8 @@ for arg in "$@"; do
         --with-vagrant) with_vagrant=1 ;;
         --run) run_only=1 ;;
         --link) link=1 ;;
-        *) echo "usage: $0 [--run] [--link] [--with-vagrant]" >&2; exit 2 ;;
+        --link-only) link=2 ;;
+        *) echo "usage: $0 [--run] [--link | --link-only] [--with-vagrant]" >&2; exit 2 ;;
     esac
 done
 
@@ -68,6 +70,37 @@ test_packages=(make attr golang-github-containerd-containerd-dev containerd
                rootlesskit slirp4netns)
 packages=("${run_packages[@]}")
 if [ "$run_only" -eq 0 ]; then packages+=("${test_packages[@]}"); fi
+
+# `fusesnap` on PATH: a link in ~/.local/bin (Debian's ~/.profile puts that directory
+# on PATH at login when it exists), never over a file that is not this link.
+link_fusesnap() {
+    local bin="$HOME/.local/bin" target="$venv/bin/fusesnap" hint=""
+    if [ ! -x "$target" ]; then
+        echo "provision: $target is missing: nothing to link" >&2
+        exit 1
+    fi
+    # The line that puts it on PATH, if the PATH of this shell lacks it.
+    # shellcheck disable=SC2016  # the line to run: $HOME and $PATH stay unexpanded
+    case ":$PATH:" in
+        *":$bin:"*) ;;
+        *) hint='; not on PATH: export PATH="$HOME/.local/bin:$PATH" (and in ~/.profile)' ;;
+    esac
+    if [ "$(readlink "$bin/fusesnap" 2>/dev/null)" = "$target" ]; then
+        say "$bin/fusesnap -> $target: nothing to do$hint"
+    elif [ -e "$bin/fusesnap" ] || [ -L "$bin/fusesnap" ]; then
+        say "$bin/fusesnap exists and is not a link to $target: left alone" \
+            "(run $target, or remove it and run this again)"
+    else
+        mkdir -p "$bin"
+        ln -s "$target" "$bin/fusesnap"
+        say "$bin/fusesnap -> $target: linked$hint"
+    fi
+}
+
+if [ "$link" -eq 2 ]; then
+    link_fusesnap
+    exit 0
+fi
 
 missing=()
 for p in "${packages[@]}"; do
@@ -195,26 +228,6 @@ else
     say "fusesnap in $venv: installed from $repo${extras:+ with the ${extras//[][]/} extra}"
 fi
 
-# `fusesnap` on PATH: a link in ~/.local/bin (Debian's ~/.profile puts that directory
-# on PATH at login when it exists), never over a file that is not this link.
 if [ "$link" -eq 1 ]; then
-    bin="$HOME/.local/bin"
-    target="$venv/bin/fusesnap"
-    # The line that puts it on PATH, if the PATH of this shell lacks it.
-    hint=""
-    # shellcheck disable=SC2016  # the line to run: $HOME and $PATH stay unexpanded
-    case ":$PATH:" in
-        *":$bin:"*) ;;
-        *) hint='; not on PATH: export PATH="$HOME/.local/bin:$PATH" (and in ~/.profile)' ;;
-    esac
-    if [ "$(readlink "$bin/fusesnap" 2>/dev/null)" = "$target" ]; then
-        say "$bin/fusesnap -> $target: nothing to do$hint"
-    elif [ -e "$bin/fusesnap" ] || [ -L "$bin/fusesnap" ]; then
-        say "$bin/fusesnap exists and is not a link to $target: left alone" \
-            "(run $target, or remove it and run this again)"
-    else
-        mkdir -p "$bin"
-        ln -s "$target" "$bin/fusesnap"
-        say "$bin/fusesnap -> $target: linked$hint"
-    fi
+    link_fusesnap
 fi
