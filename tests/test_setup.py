@@ -134,6 +134,17 @@ def test_second_set_up_says_nothing_to_do_at_every_step(provisioned_twice: Twice
         provisioned_twice.second.stdout
 
 
+def test_the_daemon_only_set_up_after_the_full_one_has_nothing_to_do(
+        provisioned_twice: Twice) -> None:
+    """`make run` (--run) after `make test`: its packages and the package without the
+    test extra are all there already."""
+    run = subprocess.run([str(PROVISION), "--run"], env=_clean_env(FUSESNAP_VENV=str(_venv())),
+                         capture_output=True, text=True, timeout=1800)
+    assert run.returncode == 0, run.stdout + run.stderr
+    steps = run.stdout.splitlines()
+    assert steps and all(line.endswith(": nothing to do") for line in steps), run.stdout
+
+
 # --- one set-up path, three callers ---------------------------------------------------
 
 
