@@ -40,7 +40,12 @@ case $fusesnap in
 esac
 # In a unit, % starts a specifier: %% is a percent sign.
 escaped=${fusesnap//%/%%}
-text=$(<"$template")
+# The template less its first comment lines (how to install it), under a line that
+# says where the unit comes from.
+text="# Written by \`make install-service\` from $template.
+# Run that again rather than editing this file (\`$systemctl edit fusesnap\` keeps
+# local settings apart).
+$(sed '/^\[Unit\]/,$!d' "$template")"
 text=${text//@FUSESNAP@/"\"$escaped\""}
 
 unit="$dir/fusesnap.service"

@@ -36,6 +36,11 @@ VENV = Path(sys.prefix)
 """The virtual environment this suite runs from, whose fusesnap the units start."""
 
 
+def _need_venv() -> None:
+    if not (VENV / "bin" / "fusesnap").exists():
+        pytest.skip(f"{VENV}/bin/fusesnap is missing: the suite does not run from a set-up venv")
+
+
 def _install(tmp_path: Path, kind: str, venv: Path = VENV) -> tuple[Path, str]:
     """systemd/install-service.sh writing the `kind` unit into a directory of tmp_path:
     the unit's path and what the script printed."""
@@ -64,8 +69,7 @@ def _verify(unit: Path, kind: str, tmp_path: Path) -> subprocess.CompletedProces
 
 @pytest.mark.parametrize("kind", ["system", "user"])
 def test_the_unit_passes_systemd_analyze_verify(tmp_path: Path, kind: str) -> None:
-    if not (VENV / "bin" / "fusesnap").exists():
-        pytest.skip(f"{VENV}/bin/fusesnap is missing: the suite does not run from a set-up venv")
+    _need_venv()
     unit, _ = _install(tmp_path, kind)
     text = unit.read_text()
     assert f'ExecStart="{VENV}/bin/fusesnap" serve\n' in text
@@ -216,6 +220,7 @@ def test_the_system_unit_starts_restarts_after_a_crash_and_stops_under_systemd(
     missing = fuse_usable()
     if missing:
         pytest.skip(f"FUSE unavailable: {missing}")
+    _need_venv()
     unit, _ = _install(tmp_path, "system")
     root, sock = tmp_path / "root", tmp_path / "fusesnap.sock"
     text = unit.read_text().replace("FUSESNAP_ROOT=/var/lib/fusesnap", f"FUSESNAP_ROOT={root}")
@@ -312,9 +317,8 @@ def test_link_leaves_a_foreign_fusesnap_alone(tmp_path: Path, venv: Path, foreig
 def test_the_venv_fusesnap_runs_from_a_new_shell() -> None:
     """The console script's shebang names the venv's own Python, so it runs with a
     PATH that holds no virtual environment (the system's Python lacks grpc)."""
+    _need_venv()
     script = VENV / "bin" / "fusesnap"
-    if not script.exists():
-        pytest.skip(f"{script} is missing: the suite does not run from a set-up venv")
     shebang = script.read_text().splitlines()[0]
     assert shebang.startswith(f"#!{VENV}/bin/python"), shebang
     run = subprocess.run(["env", "-i", "HOME=/nonexistent", "PATH=/usr/bin:/bin", "sh", "-c",
