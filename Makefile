@@ -9,14 +9,28 @@ PYTEST_ARGS ?=
 # neither does the VM (its suite runs with WITH_VAGRANT=0).
 WITH_VAGRANT ?= 1
 
-.PHONY: setup run test lint proto clean bench bench-content bench-images vagrant-test
+.PHONY: setup run link install-service test lint proto clean bench bench-content bench-images \
+        vagrant-test
 
 # The one set-up path: `make run`, `make test`, .ci/run and the VM all go through it.
+# `make setup` and `make test` install everything the suites and benchmarks need;
+# `make run` and `make install-service` only what the daemon needs (--run).
 setup:
 	FUSESNAP_VENV=$(abspath $(VENV)) ./vagrant/provision.sh $(PROVISION_FLAGS)
 
+# --link: `fusesnap` into ~/.local/bin, so that the README's commands work in a new shell.
+run: PROVISION_FLAGS += --run --link
 run: setup
 	$(VENV)/bin/fusesnap serve $(if $(ROOT),--root $(ROOT)) $(if $(SOCKET),--socket $(SOCKET))
+
+link: PROVISION_FLAGS += --run --link
+link: setup
+
+# A systemd unit (as root the system's, otherwise the user's) that runs this
+# checkout's fusesnap: systemd/install-service.sh says the systemctl line to enable it.
+install-service: PROVISION_FLAGS += --run
+install-service: setup
+	FUSESNAP_VENV=$(abspath $(VENV)) ./systemd/install-service.sh
 
 test: PROVISION_FLAGS += $(if $(filter 1,$(WITH_VAGRANT)),--with-vagrant)
 test: setup

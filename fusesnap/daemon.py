@@ -36,6 +36,7 @@ from fusesnap.permissions import (
     socket_group,
     tighten,
 )
+from fusesnap.sdnotify import Notifier
 from fusesnap.snapshots.layers import LayerTree
 from fusesnap.snapshots.snapshotter import Snapshotter
 from fusesnap.store.db import GROUP_WINDOW, Database
@@ -238,7 +239,9 @@ def _private_store(root: Path) -> None:
 
 
 async def serve(config: Config) -> None:
-    """Serve until SIGTERM or SIGINT, then stop cleanly."""
+    """Serve until SIGTERM or SIGINT, then stop cleanly. Under systemd
+    (Type=notify), READY=1 once it serves and STOPPING=1 at the signal."""
+    systemd = Notifier()
     restrict_process()
     _check_not_served(config.root)
     check_socket_path(config.socket)
@@ -284,9 +287,13 @@ async def serve(config: Config) -> None:
                 raise StartupError(str(e)) from None
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                 async with trio.open_nursery() as nursery:
-                    # "serving" once the mount answers (and the gRPC server is up).
-                    nursery.start_soon(fuse.serve, config.mountpoint,
-                                       lambda: log.info("serving"))
+                    # "serving" and READY=1 once the mount answers; the gRPC
+                    # server is up by then (started below, before this task runs).
+                    def ready() -> None:
+                        systemd.notify("READY=1", f"STATUS=serving on {config.socket}")
+                        log.info("serving")
+
+                    nursery.start_soon(fuse.serve, config.mountpoint, ready)
                     committer = trio.CancelScope()
                     nursery.start_soon(_run_in, committer, _GroupCommitter(db).run)
                     watch = trio.CancelScope()
@@ -297,6 +304,7 @@ async def serve(config: Config) -> None:
                     server.start()
                     async for signum in signals:
                         log.info("%s: stopping", signal.Signals(signum).name)
+                        systemd.notify("STOPPING=1", "STATUS=stopping")
                         break
                     background_gc.cancel()
                     watch.cancel()

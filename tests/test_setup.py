@@ -134,6 +134,17 @@ def test_second_set_up_says_nothing_to_do_at_every_step(provisioned_twice: Twice
         provisioned_twice.second.stdout
 
 
+def test_the_daemon_only_set_up_after_the_full_one_has_nothing_to_do(
+        provisioned_twice: Twice) -> None:
+    """`make run` (--run) after `make test`: its packages and the package without the
+    test extra are all there already."""
+    run = subprocess.run([str(PROVISION), "--run"], env=_clean_env(FUSESNAP_VENV=str(_venv())),
+                         capture_output=True, text=True, timeout=1800)
+    assert run.returncode == 0, run.stdout + run.stderr
+    steps = run.stdout.splitlines()
+    assert steps and all(line.endswith(": nothing to do") for line in steps), run.stdout
+
+
 # --- one set-up path, three callers ---------------------------------------------------
 
 
@@ -152,13 +163,15 @@ def test_ci_runs_make_test(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("args", "flags"), [
     (("test",), " --with-vagrant"),
     (("test", "WITH_VAGRANT=0"), ""),
-    (("run",), ""),
+    (("run",), " --run --link"),
+    (("install-service",), " --run"),
     (("setup",), ""),
 ])
 def test_make_sets_up_with_the_provision_script_first(args: tuple[str, ...],
                                                       flags: str) -> None:
     """Only `make test` installs vagrant (to validate the Vagrantfile); the VM's suite
-    runs with WITH_VAGRANT=0."""
+    runs with WITH_VAGRANT=0. `make run` and `make install-service` install only what
+    the daemon needs (--run), and `make run` links `fusesnap` into ~/.local/bin."""
     dry = _make("-n", *args)
     assert dry.returncode == 0, dry.stderr
     first = dry.stdout.splitlines()[0].rstrip()

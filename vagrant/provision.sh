@@ -6,7 +6,18 @@
 # to do" and changes nothing, so a second run changes nothing
 # (tests/test_setup.py runs it twice).
 #
-# Usage: vagrant/provision.sh [--with-vagrant]
+# Usage: vagrant/provision.sh [--run] [--link] [--with-vagrant]
+#   (no option)     everything the test suite and the benchmarks need: the Debian
+#                   packages below, the package with its `test` extra. `make setup`,
+#                   `make test`, CI and the VM.
+#   --run           only what the daemon needs (`make run`): FUSE, a compiler and
+#                   Python's headers for the patched pyfuse3, the virtual environment,
+#                   the package with its runtime dependencies. Whatever a full set-up
+#                   installed stays.
+#   --link          then link `fusesnap` into ~/.local/bin (created if missing), unless
+#                   something else already has that name there, and say where it is
+#                   and, if ~/.local/bin is not on PATH, the line that puts it there.
+#   --link-only     that step alone (tests/test_service.py), on an installed venv.
 #   --with-vagrant  also install vagrant, with which the suite validates
 #                   vagrant/Vagrantfile. `make test` passes it, so a workstation
 #                   checks what CI checks; `make run` does not need vagrant, and
@@ -19,10 +30,15 @@ venv=${FUSESNAP_VENV:-$repo/.venv}
 python=${PYTHON:-python3}
 
 with_vagrant=0
+run_only=0
+link=0
 for arg in "$@"; do
     case $arg in
         --with-vagrant) with_vagrant=1 ;;
-        *) echo "usage: $0 [--with-vagrant]" >&2; exit 2 ;;
+        --run) run_only=1 ;;
+        --link) link=1 ;;
+        --link-only) link=2 ;;
+        *) echo "usage: $0 [--run] [--link | --link-only] [--with-vagrant]" >&2; exit 2 ;;
     esac
 done
 
@@ -39,16 +55,52 @@ as_root() {
     fi
 }
 
-# Debian packages the daemon and its suites need: FUSE and a compiler for
-# pyfuse3; containerd and runc for the containerd suites; umoci, busybox and
-# zstd for their images; fuse-overlayfs and fio for the benchmarks; shellcheck
-# for the scripts' check; make for the VM, whose box has none; uidmap
-# (newuidmap, newgidmap) for `serve --userns`; rootlesskit and slirp4netns (its
-# network where /dev/net/tun is usable) for scripts/rootless-containerd.
-packages=(fuse3 libfuse3-dev pkg-config gcc make python3 python3-dev python3-venv attr
-          golang-github-containerd-containerd-dev containerd
-          runc umoci busybox-static zstd fuse-overlayfs fio shellcheck uidmap
-          rootlesskit slirp4netns)
+# Debian packages the daemon needs (`--run`): FUSE (fusermount3), and to build the
+# patched pyfuse3 its headers, pkg-config, a compiler, patch and Python's headers
+# and venv; uidmap (newuidmap, newgidmap) for `serve --userns`.
+run_packages=(fuse3 libfuse3-dev pkg-config gcc patch python3 python3-dev python3-venv uidmap)
+# What the suites and benchmarks add: containerd and runc for the containerd
+# suites; umoci, busybox and zstd for their images; attr for the xattr tests;
+# fuse-overlayfs and fio for the benchmarks; shellcheck for the scripts' check;
+# systemd for `systemd-analyze verify` of the units (systemd/); make for the VM,
+# whose box has none; rootlesskit and slirp4netns (its network where /dev/net/tun
+# is usable) for scripts/rootless-containerd.
+test_packages=(make attr golang-github-containerd-containerd-dev containerd
+               runc umoci busybox-static zstd fuse-overlayfs fio shellcheck systemd
+               rootlesskit slirp4netns)
+packages=("${run_packages[@]}")
+if [ "$run_only" -eq 0 ]; then packages+=("${test_packages[@]}"); fi
+
+# `fusesnap` on PATH: a link in ~/.local/bin (Debian's ~/.profile puts that directory
+# on PATH at login when it exists), never over a file that is not this link.
+link_fusesnap() {
+    local bin="$HOME/.local/bin" target="$venv/bin/fusesnap" hint=""
+    if [ ! -x "$target" ]; then
+        echo "provision: $target is missing: nothing to link" >&2
+        exit 1
+    fi
+    # The line that puts it on PATH, if the PATH of this shell lacks it.
+    # shellcheck disable=SC2016  # the line to run: $HOME and $PATH stay unexpanded
+    case ":$PATH:" in
+        *":$bin:"*) ;;
+        *) hint='; not on PATH: export PATH="$HOME/.local/bin:$PATH" (and in ~/.profile)' ;;
+    esac
+    if [ "$(readlink "$bin/fusesnap" 2>/dev/null)" = "$target" ]; then
+        say "$bin/fusesnap -> $target: nothing to do$hint"
+    elif [ -e "$bin/fusesnap" ] || [ -L "$bin/fusesnap" ]; then
+        say "$bin/fusesnap exists and is not a link to $target: left alone" \
+            "(run $target, or remove it and run this again)"
+    else
+        mkdir -p "$bin"
+        ln -s "$target" "$bin/fusesnap"
+        say "$bin/fusesnap -> $target: linked$hint"
+    fi
+}
+
+if [ "$link" -eq 2 ]; then
+    link_fusesnap
+    exit 0
+fi
 
 missing=()
 for p in "${packages[@]}"; do
@@ -159,15 +211,23 @@ else
 fi
 
 # The install is editable, so it goes stale only when the package's metadata
-# (pyproject.toml) changes or the checkout moves: the stamp records both.
+# (pyproject.toml) changes or the checkout moves: the stamp records both, and the
+# extras installed. A full install (with `test`) also does for `--run`.
 stamp="$venv/.fusesnap-installed"
 want="$(sha256sum "$repo/pyproject.toml" | cut -d' ' -f1) $repo"
-if [ "$(cat "$stamp" 2>/dev/null)" = "$want" ] &&
+extras="[test]"
+if [ "$run_only" -eq 1 ]; then extras=""; fi
+have=$(cat "$stamp" 2>/dev/null || true)
+if { [ "$have" = "$want $extras" ] || [ "$have" = "$want [test]" ]; } &&
         compgen -G "$venv/lib/python3*/site-packages/fusesnap-*.dist-info" >/dev/null; then
     say "fusesnap in $venv: nothing to do"
 else
     "$venv/bin/pip" install -q --upgrade pip
-    "$venv/bin/pip" install -q -e "${repo}[test]"
-    printf '%s\n' "$want" > "$stamp"
-    say "fusesnap in $venv: installed from $repo"
+    "$venv/bin/pip" install -q -e "${repo}${extras}"
+    printf '%s\n' "$want $extras" > "$stamp"
+    say "fusesnap in $venv: installed from $repo${extras:+ with the ${extras//[][]/} extra}"
+fi
+
+if [ "$link" -eq 1 ]; then
+    link_fusesnap
 fi
