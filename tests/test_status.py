@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -112,6 +113,20 @@ def test_health_watch_streams_the_status(direct):
         assert next(call).status == health_pb2.HealthCheckResponse.SERVING
     finally:
         call.cancel()
+
+
+def test_open_health_watches_hold_no_worker_thread(direct):
+    # The daemon has 16 threads for calls (api/server.py); a Watch that held
+    # one for its life would leave none for the call below.
+    stub = health_pb2_grpc.HealthStub(channel(direct))
+    calls = [stub.Watch(health_pb2.HealthCheckRequest(), timeout=30) for _ in range(24)]
+    try:
+        for call in calls:
+            assert next(call).status == health_pb2.HealthCheckResponse.SERVING
+        assert InfoStub(channel(direct)).Status(info_pb2.StatusRequest(), timeout=10).pid
+    finally:
+        for call in calls:
+            call.cancel()
 
 
 # ---------------------------------------------------------------------- reflection
@@ -302,3 +317,18 @@ def test_the_images_command_against_a_proxy_says_why_in_one_line(proxy):
     assert proc.returncode == 1 and proc.stdout == ""
     assert proc.stderr.startswith("fusesnap: failed precondition: fusesnap serves role proxy")
     assert proc.stderr.count("\n") == 1
+
+
+def test_a_health_watch_sees_not_serving_when_the_daemon_stops(new_daemon):
+    d = new_daemon().start()
+    stub = health_pb2_grpc.HealthStub(channel(d))
+    call = stub.Watch(health_pb2.HealthCheckRequest(), timeout=30)
+    try:
+        assert next(call).status == health_pb2.HealthCheckResponse.SERVING
+        assert d.proc is not None
+        d.proc.send_signal(signal.SIGTERM)
+        assert next(call).status == health_pb2.HealthCheckResponse.NOT_SERVING
+    finally:
+        call.cancel()
+    assert d.proc.wait(timeout=30) == 0
+    assert d.logs().rstrip().endswith("stopped")
