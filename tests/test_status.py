@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -332,3 +333,26 @@ def test_a_health_watch_sees_not_serving_when_the_daemon_stops(new_daemon):
         call.cancel()
     assert d.proc.wait(timeout=30) == 0
     assert d.logs().rstrip().endswith("stopped")
+
+
+def test_malformed_health_and_reflection_requests_are_invalid(direct):
+    # As every other service's (api/badrequests.py): one InvalidArgument, and
+    # a reflection stream ends though the client keeps its side open.
+    check = channel(direct).unary_unary(f"/{HEALTH}/Check")
+    with pytest.raises(grpc.RpcError) as err:
+        check(b"\xff\xff\xff", timeout=10)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    info = channel(direct).stream_stream(f"/{REFLECTION}/ServerReflectionInfo")
+    blocked = threading.Event()
+
+    def requests() -> Iterator[bytes]:
+        yield b"\xff\xff\xff"
+        blocked.wait(30)
+
+    call = info(requests(), timeout=20)
+    try:
+        with pytest.raises(grpc.RpcError) as err:
+            next(call)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    finally:
+        blocked.set()
