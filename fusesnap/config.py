@@ -20,8 +20,9 @@ class Role(enum.Enum):
     fusesnap keeps leases and images and collects garbage itself."""
     PROXY = "proxy"
     """containerd uses fusesnap as a proxy plugin and owns leases, images and
-    collection: the lease header is ignored, Leases/Images/GC are not served,
-    and nothing is ever collected by fusesnap."""
+    collection: the lease header is ignored, Leases/Images/GC calls end with
+    FailedPrecondition naming the role, and nothing is ever collected by
+    fusesnap."""
 
 
 def default_root() -> Path:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import trio
 
+from fusesnap.api.info import Started
 from fusesnap.api.server import make_server
 from fusesnap.bridge import TrioBridge
 from fusesnap.config import Config, Role, StartupError
@@ -242,6 +243,7 @@ async def serve(config: Config) -> None:
     """Serve until SIGTERM or SIGINT, then stop cleanly. Under systemd
     (Type=notify), READY=1 once it serves and STOPPING=1 at the signal."""
     systemd = Notifier()
+    started = Started()
     restrict_process()
     _check_not_served(config.root)
     check_socket_path(config.socket)
@@ -279,8 +281,8 @@ async def serve(config: Config) -> None:
                    config.fuse_busy_poll_us)
         try:
             bridge = TrioBridge(trio.lowlevel.current_trio_token())
-            server = make_server(bridge, config.socket, config.role, snapshotter, content,
-                                 collector, fuse_stats.report)
+            server = make_server(bridge, config, snapshotter, content, collector,
+                                 fuse_stats.report, fuse_stats.requests, started)
             try:
                 restrict_socket(config.socket, group)
             except NotPrivate as e:

@@ -661,12 +661,13 @@ def test_a_dry_run_removes_nothing_and_reports_what_a_collection_removes(start):
 
 def test_a_proxy_never_collects_and_refuses_leases_and_gc(start):
     s = start("--role", "proxy", "--gc-delay", "0.1", "--ingest-grace", "0")
-    assert code(s.leases.Create, lpb.CreateRequest(id="x"), metadata=s.md()) == C.UNIMPLEMENTED
+    refused = C.FAILED_PRECONDITION
+    assert code(s.leases.Create, lpb.CreateRequest(id="x"), metadata=s.md()) == refused
     assert code(s.leases.Delete, lpb.DeleteRequest(id="x", sync=True),
-                metadata=s.md()) == C.UNIMPLEMENTED
-    assert code(s.leases.List, lpb.ListRequest(), metadata=s.md()) == C.UNIMPLEMENTED
-    assert code(s.collect) == C.UNIMPLEMENTED
-    assert code(s.collect, True) == C.UNIMPLEMENTED
+                metadata=s.md()) == refused
+    assert code(s.leases.List, lpb.ListRequest(), metadata=s.md()) == refused
+    assert code(s.collect) == refused
+    assert code(s.collect, True) == refused
     blobs = [s.blob(b"a"), s.blob(b"b", lease="ignored-in-proxy-role"), s.blob(b"c")]
     chain = s.chain("chain", 3)
     ingests = [s.ingest("stale", b"partial")]

@@ -841,11 +841,13 @@ def test_proxy_role_serves_no_leases(proxy, method):
     md = [(NAMESPACE, "default")]
     with pytest.raises(grpc.RpcError) as err:
         getattr(LeasesStub(proxy.channel), method)(_REQUESTS[method], metadata=md)
-    assert err.value.code() == C.UNIMPLEMENTED
+    assert err.value.code() == C.FAILED_PRECONDITION
+    assert err.value.details().startswith("fusesnap serves role proxy: containerd owns leases")
 
 
 def test_proxy_role_serves_no_gc(proxy):
-    assert code(GCStub(proxy.channel).Collect, gc_pb2.CollectRequest()) == C.UNIMPLEMENTED
+    assert code(GCStub(proxy.channel).Collect, gc_pb2.CollectRequest()) == \
+        C.FAILED_PRECONDITION
 
 
 def test_proxy_role_ignores_a_lease_header_without_a_namespace(proxy, k):

@@ -88,6 +88,11 @@ def _malformed(method: str, request: Malformed) -> InvalidArgument:
     return InvalidArgument(f"malformed request to {method}: {request.reason}")
 
 
+NON_BLOCKING = ("experimental_non_blocking", "experimental_thread_pool")
+"""grpcio's attributes of a behaviour that sends its responses through a
+callback, given as a third argument, instead of returning them."""
+
+
 def checked(behavior: Callable[..., Any], method: str,
             client_streaming: bool) -> Callable[..., Any]:
     """Wrap `behavior` (a servicer method taking a request, or an iterator of
@@ -105,9 +110,14 @@ def checked(behavior: Callable[..., Any], method: str,
             return behavior(requests(request_iterator), context)
         return stream
 
-    def unary(request: Any, context: grpc.ServicerContext) -> Any:
+    def unary(request: Any, context: grpc.ServicerContext, *callback: Any) -> Any:
         if type(request) is Malformed:
             # grpcio sends the status set by abort() without logging.
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(_malformed(method, request)))
-        return behavior(request, context)
+        return behavior(request, context, *callback)
+    # A server-streaming behaviour that sends its responses through a callback
+    # instead of returning them (grpcio-health-checking's Watch) stays so.
+    for name in NON_BLOCKING:
+        if hasattr(behavior, name):
+            setattr(unary, name, getattr(behavior, name))
     return unary

@@ -6,13 +6,17 @@ import queue
 import threading
 from collections.abc import Callable, Collection
 from concurrent import futures
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import grpc
-from google.protobuf.descriptor import ServiceDescriptor
+from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 from google.protobuf.message_factory import GetMessageClass
+from grpc_health.v1 import health_pb2
+from grpc_health.v1.health import HealthServicer
+from grpc_reflection.v1alpha import reflection_pb2
+from grpc_reflection.v1alpha.reflection import SERVICE_NAME as REFLECTION
+from grpc_reflection.v1alpha.reflection import ReflectionServicer
 
 from fusesnap.api.apply import ApplierServicer
 from fusesnap.api.badrequests import checked, tolerant
@@ -20,14 +24,17 @@ from fusesnap.api.calllog import logged
 from fusesnap.api.content import ContentServicer
 from fusesnap.api.debug import DebugServicer, Report
 from fusesnap.api.diff import DiffServicer
+from fusesnap.api.errors import rpc
 from fusesnap.api.headers import Headers
 from fusesnap.api.images import ImagesServicer
+from fusesnap.api.info import InfoServicer, Requests, Started
 from fusesnap.api.leases import GCServicer, LeasesServicer
 from fusesnap.api.namespaces import NamespacesServicer
 from fusesnap.api.snapshots import SnapshotsServicer
 from fusesnap.bridge import TrioBridge
-from fusesnap.config import Role
+from fusesnap.config import Config, Role
 from fusesnap.content.store import ContentStore
+from fusesnap.errors import FailedPrecondition
 from fusesnap.gc import Collector
 from fusesnap.images.store import ImageStore
 from fusesnap.pb import (
@@ -36,6 +43,7 @@ from fusesnap.pb import (
     diff_pb2,
     gc_pb2,
     images_pb2,
+    info_pb2,
     leases_pb2,
     namespaces_pb2,
     snapshots_pb2,
@@ -51,32 +59,67 @@ def _encoded(message: bytes) -> bytes:
     return message
 
 
-def _add_servicer(server: grpc.Server, module: ModuleType, name: str, servicer: object,
-                  encoded: Collection[str] = ()) -> None:
-    """Register `servicer`'s methods for the service `name` of the generated
-    `module` (a *_pb2) as its add_*Servicer_to_server would, except that a
-    request that does not parse ends its call with InvalidArgument and at most
-    one rate-limited log line (api/badrequests.py), each call is logged at
-    DEBUG (api/calllog.py), and the methods named in
-    `encoded` return (or yield) their responses already encoded as bytes."""
-    kinds = {(False, False): grpc.unary_unary_rpc_method_handler,
-             (False, True): grpc.unary_stream_rpc_method_handler,
-             (True, False): grpc.stream_unary_rpc_method_handler,
-             (True, True): grpc.stream_stream_rpc_method_handler}
-    service: ServiceDescriptor = module.DESCRIPTOR.services_by_name[name]
+_KINDS = {(False, False): grpc.unary_unary_rpc_method_handler,
+          (False, True): grpc.unary_stream_rpc_method_handler,
+          (True, False): grpc.stream_unary_rpc_method_handler,
+          (True, True): grpc.stream_stream_rpc_method_handler}
+
+
+def _register(server: grpc.Server, service: ServiceDescriptor,
+              behavior: Callable[[MethodDescriptor], Callable[..., Any]],
+              encoded: Collection[str] = ()) -> None:
+    """Register `behavior(method)` for each method of `service`, as a generated
+    add_*Servicer_to_server would, except that a request that does not parse
+    ends its call with InvalidArgument and at most one rate-limited log line
+    (api/badrequests.py), each call is logged at DEBUG (api/calllog.py), and
+    the methods named in `encoded` return (or yield) their responses already
+    encoded as bytes."""
     handlers = {}
     for method in service.methods:
-        make = kinds[method.client_streaming, method.server_streaming]
+        make = _KINDS[method.client_streaming, method.server_streaming]
         output = GetMessageClass(method.output_type)
         path = f"/{service.full_name}/{method.name}"
         handlers[method.name] = make(
-            logged(checked(getattr(servicer, method.name), path, method.client_streaming),
+            logged(checked(behavior(method), path, method.client_streaming),
                    path, method.client_streaming, method.server_streaming),
             request_deserializer=tolerant(GetMessageClass(method.input_type).FromString, path),
             response_serializer=_encoded if method.name in encoded else output.SerializeToString)
     server.add_generic_rpc_handlers(
         (grpc.method_handlers_generic_handler(service.full_name, handlers),))
     server.add_registered_method_handlers(service.full_name, handlers)
+
+
+def _add_servicer(server: grpc.Server, module: ModuleType, name: str, servicer: object,
+                  encoded: Collection[str] = ()) -> str:
+    """Register `servicer`'s methods for the service `name` of the generated
+    `module` (a *_pb2); returns the service's full name."""
+    service: ServiceDescriptor = module.DESCRIPTOR.services_by_name[name]
+    _register(server, service, lambda method: getattr(servicer, method.name), encoded)
+    return str(service.full_name)
+
+
+def _refuse(server: grpc.Server, module: ModuleType, name: str, why: str) -> str:
+    """Register every method of the service `name` of `module` to end its call
+    with FailedPrecondition saying `why` (rather than gRPC's Unimplemented
+    "Method not found!"); returns the service's full name."""
+    service: ServiceDescriptor = module.DESCRIPTOR.services_by_name[name]
+    message = str(FailedPrecondition(
+        f"{why}; the {name} API is served by a direct-role daemon (serve --role direct)"))
+
+    def refusal(method: MethodDescriptor) -> Callable[..., Any]:
+        def refuse(request: Any, context: grpc.ServicerContext) -> Any:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, message)
+        return refuse
+
+    _register(server, service, refusal)
+    return str(service.full_name)
+
+
+class _Reflection(ReflectionServicer):
+    """grpcio-reflection's servicer, its errors mapped as ours are (a malformed
+    request in its stream ends the call with one InvalidArgument)."""
+
+    ServerReflectionInfo = rpc(ReflectionServicer.ServerReflectionInfo)
 
 
 class _Workers(futures.Executor):
@@ -120,11 +163,32 @@ def _run(future: futures.Future[Any], fn: Callable[..., Any], args: tuple[Any, .
             future.set_exception(exc)
 
 
-def make_server(bridge: TrioBridge, socket: Path, role: Role, snapshotter: Snapshotter,
+class Server:
+    """The gRPC server and the health it reports (grpc.health.v1.Health)."""
+
+    def __init__(self, server: grpc.Server, health: HealthServicer) -> None:
+        self.server = server
+        self.health = health
+
+    def start(self) -> None:
+        self.server.start()
+
+    def stop(self, grace: float) -> threading.Event:
+        """Health says NOT_SERVING from now on; calls in flight get `grace`
+        seconds (grpc.Server.stop)."""
+        self.health.enter_graceful_shutdown()
+        return self.server.stop(grace)
+
+
+def make_server(bridge: TrioBridge, config: Config, snapshotter: Snapshotter,
                 content: ContentStore, collector: Collector, fuse_stats: Report,
-                workers: int = 16) -> grpc.Server:
-    """Snapshots, Content, Namespaces and Debug in both roles; Leases, Images
-    and GC only in the direct role (as a proxy, containerd owns them: spec §9.2)."""
+                fuse_requests: Requests, started: Started, workers: int = 16) -> Server:
+    """Snapshots, Content, Namespaces, Applier, Differ, Debug and Info in both
+    roles; Leases, Images and GC in the direct role, while in the proxy role
+    (containerd owns leases and images and collects: spec §9.2) their calls
+    end with FailedPrecondition naming the role. Health (overall and per
+    service: NOT_SERVING for the refused ones) and server reflection of every
+    service registered, in both roles."""
     server = grpc.server(
         _Workers(workers),  # grpcio only calls its submit()
         options=[
@@ -132,24 +196,47 @@ def make_server(bridge: TrioBridge, socket: Path, role: Role, snapshotter: Snaps
             ("grpc.max_send_message_length", MAX_MESSAGE),
         ],
     )
+    role = config.role
     headers = Headers(role)
-    _add_servicer(server, snapshots_pb2, "Snapshots",
-                  SnapshotsServicer(bridge, snapshotter, headers))
-    _add_servicer(server, cpb, "Content",
-                  ContentServicer(bridge, content, headers), encoded={"Read"})
-    _add_servicer(server, namespaces_pb2, "Namespaces", NamespacesServicer())
-    _add_servicer(server, apply_pb2, "Applier",
-                  ApplierServicer(bridge, snapshotter, content))
-    _add_servicer(server, diff_pb2, "Differ", DiffServicer(bridge, snapshotter))
-    _add_servicer(server, debug_pb2, "Debug", DebugServicer(bridge, fuse_stats))
+    serving = [
+        _add_servicer(server, snapshots_pb2, "Snapshots",
+                      SnapshotsServicer(bridge, snapshotter, headers)),
+        _add_servicer(server, cpb, "Content",
+                      ContentServicer(bridge, content, headers), encoded={"Read"}),
+        _add_servicer(server, namespaces_pb2, "Namespaces", NamespacesServicer()),
+        _add_servicer(server, apply_pb2, "Applier",
+                      ApplierServicer(bridge, snapshotter, content)),
+        _add_servicer(server, diff_pb2, "Differ", DiffServicer(bridge, snapshotter)),
+        _add_servicer(server, debug_pb2, "Debug", DebugServicer(bridge, fuse_stats)),
+        _add_servicer(server, info_pb2, "Info",
+                      InfoServicer(bridge, config, snapshotter.db, fuse_requests, started)),
+    ]
+    refused = []
     if role is Role.DIRECT:
         leases = snapshotter.leases
-        _add_servicer(server, leases_pb2, "Leases",
-                      LeasesServicer(bridge, leases, collector))
-        _add_servicer(server, images_pb2, "Images",
-                      ImagesServicer(bridge, ImageStore(snapshotter.db, leases), headers,
-                                     collector))
-        _add_servicer(server, gc_pb2, "GC", GCServicer(bridge, collector))
-    if server.add_insecure_port(f"unix:{socket}") == 0:
-        raise OSError(f"cannot listen on {socket}")
-    return server
+        serving += [
+            _add_servicer(server, leases_pb2, "Leases",
+                          LeasesServicer(bridge, leases, collector)),
+            _add_servicer(server, images_pb2, "Images",
+                          ImagesServicer(bridge, ImageStore(snapshotter.db, leases), headers,
+                                         collector)),
+            _add_servicer(server, gc_pb2, "GC", GCServicer(bridge, collector)),
+        ]
+    else:
+        proxy = f"fusesnap serves role {role.value}"
+        refused += [
+            _refuse(server, leases_pb2, "Leases", f"{proxy}: containerd owns leases"),
+            _refuse(server, images_pb2, "Images", f"{proxy}: containerd owns images"),
+            _refuse(server, gc_pb2, "GC", f"{proxy}: containerd collects garbage"),
+        ]
+    health = HealthServicer()
+    serving.append(_add_servicer(server, health_pb2, "Health", health))
+    serving.append(REFLECTION)
+    _add_servicer(server, reflection_pb2, "ServerReflection", _Reflection(serving + refused))
+    for name in serving:
+        health.set(name, health_pb2.HealthCheckResponse.SERVING)
+    for name in refused:
+        health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    if server.add_insecure_port(f"unix:{config.socket}") == 0:
+        raise OSError(f"cannot listen on {config.socket}")
+    return Server(server, health)

@@ -132,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "is seen inside it, through 'fusesnap exec'")
     serve.set_defaults(func=_serve)
 
-    from fusesnap.cli import content, debug, gc, images, leases, namespace, snapshots
+    from fusesnap.cli import content, debug, gc, images, leases, namespace, snapshots, status
 
     snapshots.register(sub)
     content.register(sub)
@@ -141,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     images.register(sub)
     debug.register(sub)
     namespace.register(sub)
+    status.register(sub)
     return parser
 
 

@@ -1,5 +1,5 @@
 """Plumbing shared by the client subcommands (`snapshots`, `content`, `leases`,
-`images`, `gc`, `debug`): the socket, the channel, one-line errors, tables and JSON.
+`images`, `gc`, `debug`, `status`): the socket, the channel, one-line errors, tables and JSON.
 
 A command handler is ``fn(channel) -> int | None``; :func:`run` opens the
 channel, calls it and turns failures into one line on stderr and exit code 1:

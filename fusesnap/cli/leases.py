@@ -90,17 +90,26 @@ def resource_json(resource: lpb.Resource) -> dict[str, Any]:
 Stub = TypeVar("Stub")
 
 
+PROXY_REFUSAL = "fusesnap serves role proxy:"
+"""How a daemon in the proxy role begins its FailedPrecondition answer to a
+Leases, Images or GC call (api/server.py)."""
+
+
 def is_unserved(err: grpc.RpcError) -> bool:
-    """True when the daemon has no such service at all (grpc's own answer for
-    an unregistered method), as a daemon in the proxy role answers."""
-    return (isinstance(err, grpc.Call) and err.code() == grpc.StatusCode.UNIMPLEMENTED
-            and (err.details() or "") == "Method not found!")
+    """True when the daemon does not serve the call's service, as a daemon in
+    the proxy role answers: FailedPrecondition naming the role, or (an older
+    fusesnap) grpc's own answer for an unregistered method."""
+    if not isinstance(err, grpc.Call):
+        return False
+    details = err.details() or ""
+    return (err.code() == grpc.StatusCode.FAILED_PRECONDITION
+            and details.startswith(PROXY_REFUSAL)) or (
+        err.code() == grpc.StatusCode.UNIMPLEMENTED and details == "Method not found!")
 
 
 def direct_only(what: str, fn: Callable[[argparse.Namespace, Stub], int | None]
                 ) -> Callable[[argparse.Namespace, Stub], int | None]:
-    """`fn`, saying in one line why it fails against a daemon in the proxy role
-    instead of grpc's "Method not found!"."""
+    """`fn`, saying in one line why it fails against a daemon in the proxy role."""
 
     def wrapped(args: argparse.Namespace, stub: Stub) -> int | None:
         try:

@@ -70,6 +70,8 @@ class FuseStats:
     def __init__(self) -> None:
         self._ops: dict[str, _Opcode] = {}
         self._since = time.monotonic_ns()
+        self._before_reset: dict[str, int] = {}
+        """Requests counted before the last reset, by opcode."""
 
     def record(self, opcode: str, ns: int) -> None:
         op = self._ops.get(opcode)
@@ -87,9 +89,18 @@ class FuseStats:
                for name, op in sorted(self._ops.items())]
         elapsed = now - self._since
         if reset:
+            self._before_reset = self.requests()
             self._ops = {}
             self._since = now
         return elapsed, out
+
+    def requests(self) -> dict[str, int]:
+        """Requests served since the daemon started, by opcode (a reset does
+        not reset these)."""
+        out = dict(self._before_reset)
+        for name, op in self._ops.items():
+            out[name] = out.get(name, 0) + op.count
+        return out
 
     def timed(self, opcode: str,
               handler: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
