@@ -17,6 +17,8 @@ from typing import Any
 
 import grpc
 
+from fusesnap.api.badrequests import NON_BLOCKING
+
 log = logging.getLogger("fusesnap.grpc")
 
 NAMES = ("key", "parent", "name", "digest", "ref", "id", "snapshotter")
@@ -59,7 +61,12 @@ def _line(method: str, context: grpc.ServicerContext, request: Any, started: flo
 
 def logged(behavior: Callable[..., Any], method: str, client_streaming: bool,
            server_streaming: bool) -> Callable[..., Any]:
-    """`behavior` (a method handler's function) with a DEBUG line per call."""
+    """`behavior` (a method handler's function) with a DEBUG line per call.
+    A behaviour that answers through a callback instead of returning
+    (grpcio-health-checking's Watch: grpcio's non-blocking handlers) is left
+    as it is, unlogged."""
+    if any(hasattr(behavior, name) for name in NON_BLOCKING):
+        return behavior
     if server_streaming:
         def streaming(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
             if not log.isEnabledFor(logging.DEBUG):
