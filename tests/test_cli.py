@@ -433,3 +433,17 @@ def test_shell_flow_prepare_write_commit_view_reads_the_file_back(daemon: Daemon
     assert (look / "app" / "main.txt").read_text() == "built in the shell\n"
     assert table_rows(ok(daemon, "ls")) == [
         ["KEY", "PARENT", "KIND"], ["check", "image", "View"], ["image", "Committed"]]
+
+
+def test_path_prints_the_directory_of_a_snapshot_of_any_kind(daemon: Daemon) -> None:
+    committed(daemon, "base", {"greeting": b"hello\n"})
+    work = daemon.prepare("work", "base")
+    base = Path(ok(daemon, "path", "base").strip())
+    assert (base / "greeting").read_bytes() == b"hello\n"
+    assert Path(ok(daemon, "path", "work").strip()) == Path(work)
+    with pytest.raises(OSError):
+        (base / "new").write_text("read-only")
+    doc = json.loads(ok(daemon, "path", "base", "--json"))
+    assert doc == {"key": "base", "path": str(base), "kind": "committed"}
+    assert fails(daemon, "path", "absent") == \
+        "fusesnap: not found: snapshot absent does not exist\n"

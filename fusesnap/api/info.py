@@ -19,7 +19,7 @@ from fusesnap.config import Config
 from fusesnap.pb import info_pb2, info_pb2_grpc
 from fusesnap.store import census
 from fusesnap.store.db import Database
-from fusesnap.store.metastore import Kind
+from fusesnap.store.metastore import Kind, MetaStore
 
 Requests = Callable[[], Mapping[str, int]]
 """The FUSE requests served since start, by opcode (layerfs/stats.py)."""
@@ -45,6 +45,13 @@ class InfoServicer(info_pb2_grpc.InfoServicer):
 
     def _read(self) -> tuple[census.Census, dict[str, int]]:
         return census.count(self.db), dict(self.fuse_requests())
+
+    @rpc
+    def Path(self, request: info_pb2.PathRequest,
+             context: grpc.ServicerContext) -> info_pb2.PathResponse:
+        rec = self.bridge.call(MetaStore(self.db).get, request.key)
+        return info_pb2.PathResponse(path=str(self.config.mountpoint / str(rec.id)),
+                                     kind=rec.kind.label)
 
     @rpc
     def Status(self, request: info_pb2.StatusRequest,

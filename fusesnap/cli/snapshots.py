@@ -4,6 +4,7 @@
     fusesnap snapshots prepare KEY [PARENT]     prints the new snapshot's directory
     fusesnap snapshots view KEY PARENT          prints the read-only view's directory
     fusesnap snapshots mounts KEY
+    fusesnap snapshots path KEY                 prints any snapshot's directory
     fusesnap snapshots commit NAME KEY
     fusesnap snapshots rm KEY…
     fusesnap snapshots ls [FILTER…]
@@ -36,10 +37,11 @@ from typing import Any
 import grpc
 
 from fusesnap.cli import add_socket_option, common
-from fusesnap.pb import mount_pb2
+from fusesnap.pb import info_pb2, mount_pb2
 from fusesnap.pb import snapshots_pb2 as spb
 from fusesnap.pb.diff_pb2 import DiffRequest
 from fusesnap.pb.diff_pb2_grpc import DifferStub
+from fusesnap.pb.info_pb2_grpc import InfoStub
 from fusesnap.pb.snapshots_pb2_grpc import SnapshotsStub
 
 SNAPSHOTTER = "fusesnap"
@@ -143,6 +145,14 @@ def _rm(args: argparse.Namespace, stub: SnapshotsStub) -> None:
             if common.is_connect_failure(err):
                 raise
             raise common.CommandError(f"rm {key}: {common.describe(err)}") from err
+
+
+def _path(args: argparse.Namespace, channel: grpc.Channel) -> None:
+    resp = InfoStub(channel).Path(info_pb2.PathRequest(key=args.key))
+    if args.json:
+        common.print_json({"key": args.key, "path": resp.path, "kind": resp.kind})
+    else:
+        print(resp.path)
 
 
 def _ls(args: argparse.Namespace, stub: SnapshotsStub) -> None:
@@ -304,6 +314,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = command("mounts", _mounts, "print the mounts of an active snapshot or view",
                 json=True)
     p.add_argument("key", metavar="KEY", help="an active snapshot's or a view's key")
+
+    p = command("path", _path, "print the directory of any snapshot on the mount (an "
+                "active one writable; a committed one or a view read-only)", json=True)
+    p.add_argument("key", metavar="KEY", help="the snapshot's key or name")
+    p.set_defaults(func=lambda args: common.run(args, lambda channel: _path(args, channel)))
 
     p = command("commit", _commit, "commit active snapshot KEY as NAME")
     p.add_argument("name", metavar="NAME", help="the committed snapshot's name (new)")

@@ -26,7 +26,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x66usesnap/pb/info.proto\x12\x19\x66usesnap.services.info.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x0f\n\rStatusRequest\"A\n\x0eSnapshotCounts\x12\x0e\n\x06\x61\x63tive\x18\x01 \x01(\x04\x12\x11\n\tcommitted\x18\x02 \x01(\x04\x12\x0c\n\x04view\x18\x03 \x01(\x04\"\x95\x04\n\x0eStatusResponse\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x0c\n\x04root\x18\x03 \x01(\t\x12\x12\n\nmountpoint\x18\x04 \x01(\t\x12\x0e\n\x06socket\x18\x05 \x01(\t\x12\x0b\n\x03pid\x18\x06 \x01(\r\x12.\n\nstarted_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x06uptime\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12<\n\tsnapshots\x18\t \x01(\x0b\x32).fusesnap.services.info.v1.SnapshotCounts\x12\r\n\x05\x62lobs\x18\n \x01(\x04\x12\x12\n\nblob_bytes\x18\x0b \x01(\x04\x12\x0f\n\x07ingests\x18\x0c \x01(\x04\x12\x0e\n\x06leases\x18\r \x01(\x04\x12\x0e\n\x06images\x18\x0e \x01(\x04\x12\x15\n\rfuse_requests\x18\x0f \x01(\x04\x12\x64\n\x17\x66use_requests_by_opcode\x18\x10 \x03(\x0b\x32\x43.fusesnap.services.info.v1.StatusResponse.FuseRequestsByOpcodeEntry\x1a;\n\x19\x46useRequestsByOpcodeEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x32\x65\n\x04Info\x12]\n\x06Status\x12(.fusesnap.services.info.v1.StatusRequest\x1a).fusesnap.services.info.v1.StatusResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x66usesnap/pb/info.proto\x12\x19\x66usesnap.services.info.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x1a\n\x0bPathRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\"*\n\x0cPathResponse\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\"\x0f\n\rStatusRequest\"A\n\x0eSnapshotCounts\x12\x0e\n\x06\x61\x63tive\x18\x01 \x01(\x04\x12\x11\n\tcommitted\x18\x02 \x01(\x04\x12\x0c\n\x04view\x18\x03 \x01(\x04\"\x95\x04\n\x0eStatusResponse\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x0c\n\x04root\x18\x03 \x01(\t\x12\x12\n\nmountpoint\x18\x04 \x01(\t\x12\x0e\n\x06socket\x18\x05 \x01(\t\x12\x0b\n\x03pid\x18\x06 \x01(\r\x12.\n\nstarted_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x06uptime\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12<\n\tsnapshots\x18\t \x01(\x0b\x32).fusesnap.services.info.v1.SnapshotCounts\x12\r\n\x05\x62lobs\x18\n \x01(\x04\x12\x12\n\nblob_bytes\x18\x0b \x01(\x04\x12\x0f\n\x07ingests\x18\x0c \x01(\x04\x12\x0e\n\x06leases\x18\r \x01(\x04\x12\x0e\n\x06images\x18\x0e \x01(\x04\x12\x15\n\rfuse_requests\x18\x0f \x01(\x04\x12\x64\n\x17\x66use_requests_by_opcode\x18\x10 \x03(\x0b\x32\x43.fusesnap.services.info.v1.StatusResponse.FuseRequestsByOpcodeEntry\x1a;\n\x19\x46useRequestsByOpcodeEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x32\xbe\x01\n\x04Info\x12]\n\x06Status\x12(.fusesnap.services.info.v1.StatusRequest\x1a).fusesnap.services.info.v1.StatusResponse\x12W\n\x04Path\x12&.fusesnap.services.info.v1.PathRequest\x1a\'.fusesnap.services.info.v1.PathResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,14 +35,18 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_STATUSRESPONSE_FUSEREQUESTSBYOPCODEENTRY']._loaded_options = None
   _globals['_STATUSRESPONSE_FUSEREQUESTSBYOPCODEENTRY']._serialized_options = b'8\001'
-  _globals['_STATUSREQUEST']._serialized_start=118
-  _globals['_STATUSREQUEST']._serialized_end=133
-  _globals['_SNAPSHOTCOUNTS']._serialized_start=135
-  _globals['_SNAPSHOTCOUNTS']._serialized_end=200
-  _globals['_STATUSRESPONSE']._serialized_start=203
-  _globals['_STATUSRESPONSE']._serialized_end=736
-  _globals['_STATUSRESPONSE_FUSEREQUESTSBYOPCODEENTRY']._serialized_start=677
-  _globals['_STATUSRESPONSE_FUSEREQUESTSBYOPCODEENTRY']._serialized_end=736
-  _globals['_INFO']._serialized_start=738
-  _globals['_INFO']._serialized_end=839
+  _globals['_PATHREQUEST']._serialized_start=118
+  _globals['_PATHREQUEST']._serialized_end=144
+  _globals['_PATHRESPONSE']._serialized_start=146
+  _globals['_PATHRESPONSE']._serialized_end=188
+  _globals['_STATUSREQUEST']._serialized_start=190
+  _globals['_STATUSREQUEST']._serialized_end=205
+  _globals['_SNAPSHOTCOUNTS']._serialized_start=207
+  _globals['_SNAPSHOTCOUNTS']._serialized_end=272
+  _globals['_STATUSRESPONSE']._serialized_start=275
+  _globals['_STATUSRESPONSE']._serialized_end=808
+  _globals['_STATUSRESPONSE_FUSEREQUESTSBYOPCODEENTRY']._serialized_start=749
+  _globals['_STATUSRESPONSE_FUSEREQUESTSBYOPCODEENTRY']._serialized_end=808
+  _globals['_INFO']._serialized_start=811
+  _globals['_INFO']._serialized_end=1001
 # @@protoc_insertion_point(module_scope)

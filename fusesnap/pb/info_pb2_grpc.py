@@ -39,6 +39,11 @@ class InfoStub:
                 request_serializer=fusesnap_dot_pb_dot_info__pb2.StatusRequest.SerializeToString,
                 response_deserializer=fusesnap_dot_pb_dot_info__pb2.StatusResponse.FromString,
                 _registered_method=True)
+        self.Path = channel.unary_unary(
+                '/fusesnap.services.info.v1.Info/Path',
+                request_serializer=fusesnap_dot_pb_dot_info__pb2.PathRequest.SerializeToString,
+                response_deserializer=fusesnap_dot_pb_dot_info__pb2.PathResponse.FromString,
+                _registered_method=True)
 
 
 class InfoServicer:
@@ -52,6 +57,15 @@ class InfoServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Path(self, request, context):
+        """Path tells where snapshot `key` (of any kind) is on the mount: an active
+        snapshot's directory is writable, a committed snapshot's or a view's
+        read-only. NotFound if there is no such snapshot.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InfoServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -59,6 +73,11 @@ def add_InfoServicer_to_server(servicer, server):
                     servicer.Status,
                     request_deserializer=fusesnap_dot_pb_dot_info__pb2.StatusRequest.FromString,
                     response_serializer=fusesnap_dot_pb_dot_info__pb2.StatusResponse.SerializeToString,
+            ),
+            'Path': grpc.unary_unary_rpc_method_handler(
+                    servicer.Path,
+                    request_deserializer=fusesnap_dot_pb_dot_info__pb2.PathRequest.FromString,
+                    response_serializer=fusesnap_dot_pb_dot_info__pb2.PathResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -88,6 +107,33 @@ class Info:
             '/fusesnap.services.info.v1.Info/Status',
             fusesnap_dot_pb_dot_info__pb2.StatusRequest.SerializeToString,
             fusesnap_dot_pb_dot_info__pb2.StatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Path(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fusesnap.services.info.v1.Info/Path',
+            fusesnap_dot_pb_dot_info__pb2.PathRequest.SerializeToString,
+            fusesnap_dot_pb_dot_info__pb2.PathResponse.FromString,
             options,
             channel_credentials,
             insecure,
