@@ -357,7 +357,8 @@ def test_interrupted_ingest_says_how_to_resume_or_abort_and_resumes(daemon, cs, 
     proc.stdin.flush()
     _wait_for_offset(cs, ref, 3 * MiB)
     proc.send_signal(signal.SIGINT)
-    stdout, stderr = proc.communicate(timeout=30)  # closes stdin after the signal
+    proc.wait(timeout=30)  # its standard input still open: the signal alone stops it
+    stdout, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 130, stderr
     assert stdout == b""
     resume = f"fusesnap --socket {daemon.socket} content ingest {ref} --expected-size {len(data)}"

@@ -408,8 +408,8 @@ def _abort(args: argparse.Namespace, stub: ContentStub) -> None:
 
 
 PRUNE_AGE = 24 * 3600.0
-"""`content prune`'s default --older-than: a day, as containerd's garbage
-collector lets an unleased ingest live (its default ``ingest expiry``)."""
+"""`content prune`'s default --older-than: a day, long enough that no
+interrupted ingest someone means to resume goes by mistake."""
 
 
 def _in_use(stub: ContentStub, ref: str) -> bool:
