@@ -11,8 +11,10 @@ import gzip
 import os
 import pty
 import shutil
+import signal
 import subprocess
 import tarfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -189,6 +191,35 @@ def test_docker_archive_names_an_image_per_repo_tag(fresh: SpoolCli, work: Path)
     assert len({line.split()[1] for line in out}) == 1
     assert sorted(i["name"] for i in fresh.json("images", "ls", "--json")) == \
         ["busybox:latest", "example.com/bb:1"]  # type: ignore[index]
+
+
+def test_docker_archive_with_several_tags_takes_one_name(fresh: SpoolCli, work: Path) -> None:
+    docker = oci.write_docker_archive(oci.busybox_image(), work / "tags.tar",
+                                      repo_tags=["busybox:latest", "example.com/bb:1"])
+    [line] = fresh.ok("images", "import", str(docker.path), "--name", "mine:1").splitlines()
+    assert line.split()[0] == "mine:1"
+    assert [i["name"] for i in fresh.json("images", "ls", "--json")] == ["mine:1"]  # type: ignore[index]
+
+
+def test_interrupted_import_from_standard_input_leaves_no_spool(fresh: SpoolCli,
+                                                               work: Path) -> None:
+    built = oci.write_archive(oci.busybox_image(), work / "busybox.tar")
+    data = built.path.read_bytes()
+    proc = subprocess.Popen([*COMMAND, "--socket", str(fresh.daemon.socket), "images",
+                             "import", "-"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env={**os.environ, "TMPDIR": str(fresh.tmp)})
+    assert proc.stdin is not None
+    proc.stdin.write(data[:len(data) // 2])
+    proc.stdin.flush()
+    deadline = time.monotonic() + 30
+    while not list(fresh.tmp.iterdir()):  # the spool's directory is made
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=30) == 130
+    proc.communicate(timeout=30)
+    assert list(fresh.tmp.iterdir()) == []
+    assert_nothing_left(fresh)
 
 
 def test_docker_archive_whose_layer_is_not_its_diff_id_is_refused(

@@ -32,7 +32,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import IO, Any, Protocol, cast
 
 from fusesnap.images import store
 from fusesnap.layertar import LayerError, compression, decompressed
@@ -515,12 +515,27 @@ def local_archive(path: str, stdin: IO[bytes]) -> Iterator[tuple[Path, str]]:
             yield spool, path
 
 
+class _OneRead:
+    """`source` whose ``read(n)`` is ``read1(n)``: one system call at most, so
+    that Python runs its Ctrl-C handler between two. (A SIGINT that comes while
+    C code loops over reads to fill a buffer is seen only once that buffer is
+    full: from a pipe that has stopped, never.)"""
+
+    def __init__(self, source: IO[bytes]) -> None:
+        self.source = source
+        self.read1 = getattr(source, "read1", source.read)
+
+    def read(self, n: int = -1) -> bytes:
+        return bytes(self.read1(n))
+
+
 @contextmanager
 def _spooled(source: IO[bytes], label: str) -> Iterator[Path]:
     with tempfile.TemporaryDirectory(prefix="fusesnap-import-") as tmp:
         spool = Path(tmp) / "archive.tar"
         try:
-            with decompressed(source) as stream, open(spool, "wb") as out:
+            with decompressed(cast(IO[bytes], _OneRead(source))) as stream, \
+                    open(spool, "wb") as out:
                 shutil.copyfileobj(stream, out, 1 << 20)
         except (EOFError, zlib.error, gzip.BadGzipFile, LayerError) as e:
             raise ArchiveError(f"{label}: corrupt or truncated compressed stream "

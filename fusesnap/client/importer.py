@@ -311,6 +311,8 @@ def record_image(client: Client, name: str, target: ArchiveDescriptor) -> None:
 
 def _plan(archive: Archive, name: str | None) -> list[tuple[str, Resolved]]:
     entries = archive.entries()
+    if name is not None:  # one image, maybe under several names (a docker-archive's tags)
+        entries = list({e.target.digest: e for e in entries}.values())
     if name is not None and len(entries) != 1:
         raise ArchiveError(f"--name needs an archive of one image; this one has {len(entries)}")
     plan = []
