@@ -260,3 +260,15 @@ def test_a_file_that_is_no_image_archive_is_refused(fresh: SpoolCli, tmp_path: P
         assert "not a tar archive" in err
     assert list(fresh.tmp.iterdir()) == []
     assert_nothing_left(fresh)
+
+
+def test_docker_archive_naming_a_file_outside_it_is_refused(fresh: SpoolCli,
+                                                            tmp_path: Path) -> None:
+    layout = tmp_path / "unpacked"
+    layout.mkdir()
+    (tmp_path / "secret.json").write_text('{"rootfs": {"diff_ids": []}}')
+    (layout / "manifest.json").write_text(
+        '[{"Config": "../secret.json", "RepoTags": ["x:1"], "Layers": []}]')
+    err = fresh.fails("images", "import", str(layout))
+    assert "manifest.json names '../secret.json', outside the archive" in err
+    assert_nothing_left(fresh)

@@ -271,6 +271,8 @@ class Archive:
         """Blobs made while opening (a docker-archive's manifests), by digest."""
         self._aliases: dict[str, str] = {}
         """Members that are blobs under another name (a docker-archive's), by digest."""
+        self._hashed: dict[str, tuple[str, int]] = {}
+        """The digest and size of each of those members, by name (hashed once)."""
         if self.path.is_dir():
             self._check_layout()
             return
@@ -385,6 +387,11 @@ class Archive:
     def _docker_blob(self, name: str, media_type: str, limit: int | None) -> ArchiveDescriptor:
         """Member `name` of a docker-archive as a blob (its digest computed)."""
         name = os.path.normpath(name).lstrip("/")
+        if name == "." or name.startswith("../") or name == "..":
+            raise ArchiveError(f"{self.label}: manifest.json names {name!r}, outside the archive")
+        if name in self._hashed:
+            digest, size = self._hashed[name]
+            return ArchiveDescriptor(media_type, digest, size)
         if not self._exists(name):
             raise ArchiveError(f"{self.label}: manifest.json names {name}, which is not there")
         size = self._size(name)
@@ -396,6 +403,7 @@ class Archive:
                 h.update(chunk)
         digest = "sha256:" + h.hexdigest()
         self._aliases[digest] = name
+        self._hashed[name] = digest, size
         return ArchiveDescriptor(media_type, digest, size)
 
     # files ---------------------------------------------------------------
