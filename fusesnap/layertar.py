@@ -29,6 +29,7 @@ import subprocess
 import tarfile
 import threading
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import IO, BinaryIO, cast
 
@@ -179,6 +180,29 @@ def _decompressed(raw: _Counting) -> tuple[IO[bytes], _Zstd | None]:
         z = _Zstd(buffered)
         return z.stdout, z
     return buffered, None
+
+
+def compression(magic: bytes) -> str:
+    """``"gzip"``, ``"zstd"`` or ``""`` (none) by a stream's first four bytes."""
+    if magic.startswith(GZIP_MAGIC):
+        return "gzip"
+    return "zstd" if magic[:4] == ZSTD_MAGIC else ""
+
+
+@contextmanager
+def decompressed(source: IO[bytes]) -> Iterator[IO[bytes]]:
+    """The bytes of `source` uncompressed (gzip, zstd or none, by its magic
+    bytes), read once as a stream. Leaving the block without an error checks
+    the end of the stream: LayerError if zstd failed; a truncated gzip stream
+    raises EOFError or gzip.BadGzipFile while it is read."""
+    stream, z = _decompressed(_Counting(source))
+    try:
+        yield stream
+        if z is not None:
+            z.close()
+    finally:
+        if z is not None:
+            z.kill()
 
 
 class LayerStream:

@@ -267,6 +267,63 @@ def chain_ids(diff_ids: Sequence[str]) -> list[str]:
     return out
 
 
+def image_config(image: Image, diff_ids: Sequence[str]) -> bytes:
+    """The config blob of `image` whose layers have `diff_ids`."""
+    return _json({
+        **host_platform(),
+        "created": "1970-01-01T00:00:00Z",
+        "config": {"Env": list(image.env), "Cmd": list(image.cmd), "WorkingDir": "/"},
+        "rootfs": {"type": "layers", "diff_ids": list(diff_ids)},
+        "history": [{"created": "1970-01-01T00:00:00Z", "created_by": f"tests/oci.py layer {i}"}
+                    for i in range(len(image.layers))],
+    })
+
+
+def _write_tar(path: Path, dirs: Sequence[str], members: Sequence[tuple[str, bytes]]) -> None:
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
+        for name in dirs:
+            tar.addfile(_info(name, tarfile.DIRTYPE, 0o755))
+        for name, data in members:
+            info = _info(name, tarfile.REGTYPE, 0o644)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def write_docker_archive(image: Image, path: Path,
+                         config_diff_ids: Sequence[str] | None = None,
+                         repo_tags: Sequence[str] | None = None) -> Built:
+    """Write `image` as a docker-archive, the format `docker save` wrote before
+    Docker 25: ``manifest.json`` (``[{"Config", "RepoTags", "Layers"}]``),
+    ``<hex>.json`` (the config, the same bytes as :func:`write_archive`'s),
+    ``<id>/layer.tar`` (uncompressed, whatever the Layer says), ``<id>/VERSION``,
+    ``<id>/json`` and ``repositories``. `repo_tags` default to the image's
+    name; `config_diff_ids` replaces the real diff_ids in the config. The
+    Built has no manifest (the importer makes it): ``manifest`` is ""."""
+    raws = [layer_tar(layer.entries) for layer in image.layers]
+    diff_ids = [digest(raw) for raw in raws]
+    config = image_config(image, config_diff_ids or diff_ids)
+    config_name = f"{digest(config).removeprefix('sha256:')}.json"
+    layer_ids = [chain.removeprefix("sha256:") for chain in chain_ids(diff_ids)]
+    tags = [image.name] if repo_tags is None else list(repo_tags)
+    manifest = _json([{"Config": config_name, "RepoTags": tags,
+                       "Layers": [f"{i}/layer.tar" for i in layer_ids]}])
+    repositories: dict[str, dict[str, str]] = {}
+    for tag in tags:
+        repo, _, version = tag.rpartition(":")
+        repositories.setdefault(repo, {})[version] = layer_ids[-1] if layer_ids else ""
+    members = [(config_name, config)]
+    for i, (layer_id, raw) in enumerate(zip(layer_ids, raws, strict=True)):
+        members += [(f"{layer_id}/VERSION", b"1.0"),
+                    (f"{layer_id}/json", _json({"id": layer_id,
+                                                **({"parent": layer_ids[i - 1]} if i else {})})),
+                    (f"{layer_id}/layer.tar", raw)]
+    members += [("manifest.json", manifest), ("repositories", _json(repositories))]
+    _write_tar(path, layer_ids, members)
+    return Built(path=path, name=image.name, manifest="", config=digest(config),
+                 layers=diff_ids, diff_ids=diff_ids, chain_ids=chain_ids(diff_ids),
+                 sizes={**{digest(r): len(r) for r in raws}, digest(config): len(config)})
+
+
 def write_archive(image: Image, path: Path,
                   config_diff_ids: Sequence[str] | None = None) -> Built:
     """Write `image` as a tar of an OCI image layout to `path`.
@@ -283,14 +340,7 @@ def write_archive(image: Image, path: Path,
         layers.append(digest(blob))
         layer_descs.append({"mediaType": media_type, "digest": digest(blob), "size": len(blob)})
     plat = host_platform()
-    config = _json({
-        **plat,
-        "created": "1970-01-01T00:00:00Z",
-        "config": {"Env": list(image.env), "Cmd": list(image.cmd), "WorkingDir": "/"},
-        "rootfs": {"type": "layers", "diff_ids": list(config_diff_ids or diff_ids)},
-        "history": [{"created": "1970-01-01T00:00:00Z", "created_by": f"tests/oci.py layer {i}"}
-                    for i in range(len(image.layers))],
-    })
+    config = image_config(image, config_diff_ids or diff_ids)
     blobs[digest(config)] = config
     manifest = _json({
         "schemaVersion": 2, "mediaType": MEDIA_MANIFEST,
@@ -306,13 +356,7 @@ def write_archive(image: Image, path: Path,
     })
     members = [("oci-layout", _json({"imageLayoutVersion": "1.0.0"})), ("index.json", index)]
     members += [(f"blobs/sha256/{d.removeprefix('sha256:')}", blobs[d]) for d in sorted(blobs)]
-    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
-        for name in ("blobs", "blobs/sha256"):
-            tar.addfile(_info(name, tarfile.DIRTYPE, 0o755))
-        for name, data in members:
-            info = _info(name, tarfile.REGTYPE, 0o644)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
+    _write_tar(path, ["blobs", "blobs/sha256"], members)
     return Built(path=path, name=image.name, manifest=digest(manifest), config=digest(config),
                  layers=layers, diff_ids=diff_ids,
                  chain_ids=chain_ids(diff_ids), sizes={d: len(b) for d, b in blobs.items()})

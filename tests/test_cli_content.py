@@ -7,8 +7,10 @@ import os
 import pty
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -317,3 +319,99 @@ def test_content_commands_report_a_daemon_that_is_not_running(daemon, tmp_path):
     assert proc.returncode == 1
     assert proc.stderr.decode() == \
         f"fusesnap: cannot reach fusesnap at {tmp_path / 'nobody.sock'}: is the daemon running?\n"
+
+
+# ---------------------------------------------------------------------- terminal, Ctrl-C, prune
+
+
+def test_ingest_with_a_terminal_on_stdin_is_refused_at_once(daemon, cs):
+    master, slave = pty.openpty()
+    try:
+        proc = run(daemon, "ingest", "from-tty", stdin=slave)
+    finally:
+        os.close(slave)
+        os.close(master)
+    assert proc.returncode == 1
+    assert proc.stdout == b""
+    assert proc.stderr.decode() == (
+        "fusesnap: reading the blob from standard input, which is a terminal: redirect a "
+        f"file (fusesnap --socket {daemon.socket} content ingest from-tty < FILE)\n")
+    assert statuses(cs, 'ref=="from-tty"') == []
+
+
+def _wait_for_offset(cs, ref: str, offset: int) -> None:
+    deadline = time.monotonic() + 30
+    while [s.offset for s in statuses(cs, f'ref=="{ref}"')] != [offset]:
+        assert time.monotonic() < deadline, statuses(cs, f'ref=="{ref}"')
+        time.sleep(0.02)
+
+
+def test_interrupted_ingest_says_how_to_resume_or_abort_and_resumes(daemon, cs, tmp_path):
+    data = os.urandom(5 * MiB + 3)
+    ref = "interrupted"
+    proc = subprocess.Popen([*COMMAND, "--socket", str(daemon.socket), "content", "ingest",
+                             ref, "--expected-size", str(len(data))],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdin is not None
+    proc.stdin.write(data[:3 * MiB])  # three whole chunks; the fourth never comes
+    proc.stdin.flush()
+    _wait_for_offset(cs, ref, 3 * MiB)
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=30)  # its standard input still open: the signal alone stops it
+    stdout, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 130, stderr
+    assert stdout == b""
+    resume = f"fusesnap --socket {daemon.socket} content ingest {ref} --expected-size {len(data)}"
+    assert stderr.decode() == (
+        f"fusesnap: interrupted: ingest {ref} is kept at {3 * MiB} bytes; resume it with "
+        f"`{resume} < FILE` (it skips the first {3 * MiB} bytes of FILE), or abort it with "
+        f"`fusesnap --socket {daemon.socket} content abort {ref}`\n")
+    [kept] = statuses(cs, f'ref=="{ref}"')
+    assert (kept.offset, kept.total) == (3 * MiB, len(data))
+    # The command it printed resumes it (the stream was let go: no lock).
+    path = tmp_path / "data"
+    path.write_bytes(data)
+    with open(path, "rb") as f:
+        proc2 = run(daemon, "ingest", ref, "--expected-size", str(len(data)), stdin=f)
+    assert proc2.returncode == 0, proc2.stderr
+    assert proc2.stdout.decode() == f"{sha(data)}\n"
+    assert proc2.stderr.decode() == f"fusesnap: resuming ingest {ref} at {3 * MiB} bytes\n"
+    assert statuses(cs, f'ref=="{ref}"') == []
+
+
+@pytest.fixture
+def own(new_daemon):
+    """A daemon of its own: prune sees every ingest of the store."""
+    return new_daemon().start()
+
+
+def test_prune_aborts_stale_ingests_and_keeps_fresh_and_locked_ones(own):
+    cs = ContentStub(own.channel)
+    for ref in ("stale-a", "stale-b", "busy"):
+        s = WriteStream(cs)
+        s.send(action=STAT, ref=ref)
+        s.send(action=WRITE, offset=0, data=b"x" * 10)
+        if ref != "busy":
+            s.finish()
+    busy = s  # holds the lock of "busy"
+
+    def refs():
+        return sorted(x.ref for x in statuses(cs))
+
+    assert ok(own, "prune") == ""  # default: older than 24h
+    assert ok(own, "prune", "--older-than", "1h") == ""
+    time.sleep(0.05)
+    assert ok(own, "prune", "--older-than", "0s", "--dry-run") == "stale-a\nstale-b\n"
+    assert refs() == ["busy", "stale-a", "stale-b"]
+    assert [x.offset for x in statuses(cs)] == [10, 10, 10]
+    assert ok(own, "prune", "--older-than", "0s") == "stale-a\nstale-b\n"
+    assert refs() == ["busy"]
+    busy.finish()
+    assert ok(own, "prune", "--older-than", "0s") == "busy\n"
+    assert refs() == []
+
+
+def test_prune_with_a_bad_duration_is_a_usage_error(daemon):
+    proc = run(daemon, "prune", "--older-than", "soon")
+    assert proc.returncode == 2
+    assert b"expected a duration" in proc.stderr

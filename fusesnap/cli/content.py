@@ -10,11 +10,20 @@
     fusesnap content label DIGEST k=v…        `k=` removes label k
     fusesnap content active [FILTER…]         ingests in progress
     fusesnap content abort REF
+    fusesnap content prune [--older-than DURATION] [--dry-run]
+                                              abort stale ingests, printing each ref
 
-`ingest` resumes an unfinished ingest of the same REF from where it stopped
+`ingest` reads the blob from standard input (refused when it is a
+terminal), resumes an unfinished ingest of the same REF from where it stopped
 (the input is skipped up to there, as `ctr content ingest` does) and shows a
 progress bar with bytes/s on stderr when stderr is a terminal. Content that
-is already there counts as success: its digest is printed.
+is already there counts as success: its digest is printed. Interrupted
+(Ctrl-C), it hands the daemon what it sent, keeps the ingest and prints the
+commands that resume or abort it; exit status 130.
+
+`prune` aborts every ingest that no Write stream holds and that was last
+written to longer ago than ``--older-than`` (default 24h), printing its ref;
+``--dry-run`` only prints them.
 
 The blob `ingest` commits is labelled ``containerd.io/gc.root`` (the time),
 kept until `rm`, unless the global ``--lease`` holds it or ``--no-gc-root``
@@ -31,9 +40,10 @@ import argparse
 import collections
 import os
 import queue
+import shlex
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import IO, Any
 
 import grpc
@@ -146,6 +156,11 @@ class WriteStream:
         for _ in self._responses:
             pass
 
+    def cancel(self) -> None:
+        """End the stream at once (the ingest stays as the daemon has it)."""
+        self._queue.put(None)
+        self._responses.cancel()  # type: ignore[attr-defined]
+
 
 class ProgressBar:
     """``REF [=====>    ] 12.0 MiB/40.0 MiB  85.3 MiB/s`` redrawn in place on a
@@ -199,9 +214,27 @@ def _skip(source: IO[bytes], offset: int, ref: str) -> None:
         left -= len(got)
 
 
+def command_line(args: argparse.Namespace, *words: str) -> str:
+    """``fusesnap [--socket S] [-n NS] [--lease L] WORDS…``, quoted for a shell:
+    a command to run against the same daemon, namespace and lease."""
+    parts = ["fusesnap"]
+    if getattr(args, "socket", None):
+        parts += ["--socket", str(args.socket)]
+    if getattr(args, "namespace", "default") != "default":
+        parts += ["-n", args.namespace]
+    if getattr(args, "lease", None):
+        parts += ["--lease", args.lease]
+    return shlex.join([*parts, *words])
+
+
 def _ingest(args: argparse.Namespace, stub: ContentStub) -> None:
     expected = args.expected_digest or ""
     total = args.expected_size or 0
+    source = sys.stdin.buffer
+    if source.isatty():
+        raise common.CommandError(
+            "reading the blob from standard input, which is a terminal: redirect a file "
+            f"({command_line(args, 'content', 'ingest', args.ref)} < FILE)")
     stream = WriteStream(stub)
     try:
         resp = stream.send(cpb.WriteContentRequest(
@@ -213,18 +246,8 @@ def _ingest(args: argparse.Namespace, stub: ContentStub) -> None:
         raise
     offset = resp.offset
     digest = resp.digest
-    source = sys.stdin.buffer
-    if offset:
-        _skip(source, offset, args.ref)
-        print(f"fusesnap: resuming ingest {args.ref} at {offset} bytes", file=sys.stderr)
     bar = None
-    if sys.stderr.isatty():
-        size = total
-        if not size and source.seekable():
-            size = os.fstat(source.fileno()).st_size - source.tell() + offset
-        bar = ProgressBar(sys.stderr, args.ref, offset, size)
     pending: collections.deque[int] = collections.deque()  # offsets the responses must show
-    sent = offset
 
     def receive() -> None:
         nonlocal digest, offset
@@ -237,14 +260,27 @@ def _ingest(args: argparse.Namespace, stub: ContentStub) -> None:
         if bar is not None:
             bar.update(offset)
 
-    while chunk := source.read(CHUNK):
-        stream.put(cpb.WriteContentRequest(action=cpb.WRITE, offset=sent, data=chunk))
-        sent += len(chunk)
-        pending.append(sent)
-        if len(pending) >= WINDOW:
+    try:
+        if offset:
+            _skip(source, offset, args.ref)
+            print(f"fusesnap: resuming ingest {args.ref} at {offset} bytes", file=sys.stderr)
+        if sys.stderr.isatty():
+            size = total
+            if not size and source.seekable():
+                size = os.fstat(source.fileno()).st_size - source.tell() + offset
+            bar = ProgressBar(sys.stderr, args.ref, offset, size)
+        sent = offset
+        while chunk := source.read(CHUNK):
+            stream.put(cpb.WriteContentRequest(action=cpb.WRITE, offset=sent, data=chunk))
+            sent += len(chunk)
+            pending.append(sent)
+            if len(pending) >= WINDOW:
+                receive()
+        while pending:
             receive()
-    while pending:
-        receive()
+    except KeyboardInterrupt:
+        _interrupted(args, stub, stream, receive, pending, offset, bar is not None)
+        raise
     if bar is not None:
         bar.update(offset, final=True)
     try:
@@ -258,6 +294,33 @@ def _ingest(args: argparse.Namespace, stub: ContentStub) -> None:
         raise
     stream.close()
     print(resp.digest)
+
+
+def _interrupted(args: argparse.Namespace, stub: ContentStub, stream: WriteStream,
+                 receive: Callable[[], None], pending: collections.deque[int],
+                 offset: int, bar: bool) -> None:
+    """Ctrl-C during an ingest: let the daemon take what was sent, end the
+    stream without a commit (the ingest stays, unlocked) and say how to resume
+    or abort it."""
+    try:
+        while pending:
+            receive()
+        stream.close()
+    except (grpc.RpcError, common.CommandError):
+        stream.cancel()
+    try:
+        offset = stub.Status(cpb.StatusRequest(ref=args.ref)).status.offset
+    except grpc.RpcError:
+        pass
+    if bar:
+        sys.stderr.write("\n")
+    options = [*(["--expected-digest", args.expected_digest] if args.expected_digest else []),
+               *(["--expected-size", str(args.expected_size)] if args.expected_size else [])]
+    resume = command_line(args, "content", "ingest", args.ref, *options)
+    abort = command_line(args, "content", "abort", args.ref)
+    common.error(f"interrupted: ingest {args.ref} is kept at {offset} bytes; resume it with "
+                 f"`{resume} < FILE` (it skips the first {offset} bytes of FILE), or abort "
+                 f"it with `{abort}`")
 
 
 # ---------------------------------------------------------------------- other commands
@@ -344,6 +407,42 @@ def _abort(args: argparse.Namespace, stub: ContentStub) -> None:
     stub.Abort(cpb.AbortRequest(ref=args.ref))
 
 
+PRUNE_AGE = 24 * 3600.0
+"""`content prune`'s default --older-than: a day, long enough that no
+interrupted ingest someone means to resume goes by mistake."""
+
+
+def _in_use(stub: ContentStub, ref: str) -> bool:
+    """Whether a Write stream holds `ref`: a STAT of our own is refused then.
+    Ours changes nothing (no total, no expected digest) and ends at once."""
+    stream = WriteStream(stub)
+    try:
+        stream.send(cpb.WriteContentRequest(action=cpb.STAT, ref=ref))
+    except grpc.RpcError as err:
+        stream.cancel()
+        if is_code(err, grpc.StatusCode.UNAVAILABLE) and not common.is_connect_failure(err):
+            return True
+        raise
+    stream.close()
+    return False
+
+
+def _prune(args: argparse.Namespace, stub: ContentStub) -> None:
+    cutoff = time.time() - args.older_than
+    for status in stub.ListStatuses(cpb.ListStatusesRequest()).statuses:
+        if status.updated_at.ToNanoseconds() / 1e9 > cutoff or _in_use(stub, status.ref):
+            continue
+        if not args.dry_run:
+            stub.Abort(cpb.AbortRequest(ref=status.ref))
+        print(status.ref)
+
+
+def _duration(text: str) -> float:
+    from fusesnap.cli.leases import duration_arg  # leases imports this module
+
+    return duration_arg(text)
+
+
 # ---------------------------------------------------------------------- parser
 
 
@@ -400,3 +499,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
     p = command("abort", _abort, "abandon an ingest and delete its bytes")
     p.add_argument("ref", metavar="REF")
+
+    p = command("prune", _prune, "abort the ingests no Write stream holds that have not "
+                "grown for a while, printing each ref")
+    p.add_argument("--older-than", type=_duration, default=PRUNE_AGE, metavar="DURATION",
+                   help="how long an ingest has not been written to (24h, 30m, 90s, 0s; "
+                        "default: 24h)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the refs it would abort, abort none")

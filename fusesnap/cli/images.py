@@ -9,7 +9,9 @@
     fusesnap images label NAME k=v…           `k=` removes label k
     fusesnap images rm NAME… [--sync]         `--sync` returns after a garbage collection
     fusesnap images import ARCHIVE [--name NAME]
-                                              an OCI archive: blobs, snapshots, records
+                                              an OCI archive or a docker-archive (tar,
+                                              tar.gz, tar.zst; - is standard input):
+                                              blobs, snapshots, records
     fusesnap images prepare NAME KEY          prints the directory of a new active
                                               snapshot on the image's top layer
     fusesnap images mount NAME [--key KEY]    prints the directory of a read-only view
@@ -18,10 +20,18 @@
                                               image: the base image plus one layer
     fusesnap images export NAME ARCHIVE       the image as a tar of an OCI layout
 
-`import` stores every blob of the archive (with containerd's ``gc.ref``
-labels), applies each layer into a snapshot named by its chain ID (layers
-whose snapshot exists are not applied again), records one image per entry of
-the archive's index.json (named by ``org.opencontainers.image.ref.name``, or
+`import` reads a tar of an OCI image layout (or such a directory) or a
+docker-archive (``manifest.json``, as ``docker save`` wrote before Docker 25:
+each image becomes a Docker v2 schema 2 manifest of its config and
+uncompressed layers, named by its RepoTags), plain or gzip- or
+zstd-compressed (by the magic bytes). ARCHIVE ``-`` is standard input (never
+a terminal); standard input and compressed archives are spooled to a private
+temporary directory (``$TMPDIR``, default /tmp) that is removed afterwards,
+since a tar's members are read in any order. It stores every blob of the
+archive (with containerd's ``gc.ref`` labels), applies each layer into a
+snapshot named by its chain ID (layers whose snapshot exists are not applied
+again), records one image per entry of the archive's index.json (named by
+``org.opencontainers.image.ref.name``, or per RepoTags name, or
 ``--name``), and prints ``NAME DIGEST`` for each. It works under a lease of
 its own, deleted at the end, or under the global ``--lease``. Progress bars,
 one per layer, go to stderr when it is a terminal.
@@ -164,6 +174,9 @@ def _import(args: argparse.Namespace, channel: grpc.Channel) -> None:
     def bar(label: str, total: int) -> ProgressBar:
         return ProgressBar(sys.stderr, label, 0, total)
 
+    if args.archive == "-" and sys.stdin.isatty():
+        raise common.CommandError("reading the archive from standard input, which is a "
+                                  "terminal: redirect a file (fusesnap images import - < FILE)")
     try:
         done = import_archive(channel, args.archive, name=args.name, lease=args.lease,
                               progress=bar if sys.stderr.isatty() else None)
@@ -287,11 +300,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         p.set_defaults(func=lambda args: common.run(args, lambda channel: fn(args, channel)))
 
     p = command("import", _import, "import the images of an OCI archive (tar of an OCI "
-                "layout) and unpack their layers into snapshots", json=True)
-    p.add_argument("archive", metavar="ARCHIVE")
+                "layout) or a docker-archive, plain, gzip or zstd, and unpack their layers "
+                "into snapshots", json=True)
+    p.add_argument("archive", metavar="ARCHIVE", help="the archive: - for standard input")
     p.add_argument("--name", default=None, metavar="NAME",
                    help="image name (for an archive of one image; default: its "
-                        "org.opencontainers.image.ref.name annotation)")
+                        "org.opencontainers.image.ref.name annotation, or a "
+                        "docker-archive's RepoTags)")
     on_channel(p, _import)
 
     p = command("prepare", _prepare, "create an active snapshot on an image's top layer "

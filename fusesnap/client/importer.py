@@ -1,6 +1,7 @@
 """Images from the client side, through the daemon's gRPC APIs and its mount.
 
-:func:`import_archive` puts an OCI archive's images into a daemon: every blob
+:func:`import_archive` puts an archive's images (an OCI layout or a
+docker-archive, see :mod:`fusesnap.client.archive`) into a daemon: every blob
 into the content store with containerd's ``gc.ref`` labels, each layer into a
 snapshot named by its chain ID (Prepare on the parent chain ID, the daemon's
 Applier service applies the layer blob straight into the snapshot's layer,
@@ -19,6 +20,7 @@ from __future__ import annotations
 import datetime
 import os
 import secrets
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -31,6 +33,7 @@ from fusesnap.client.archive import (
     ArchiveDescriptor,
     ArchiveError,
     Resolved,
+    local_archive,
     resolve,
     verify,
     walk,
@@ -308,27 +311,35 @@ def record_image(client: Client, name: str, target: ArchiveDescriptor) -> None:
 
 def _plan(archive: Archive, name: str | None) -> list[tuple[str, Resolved]]:
     entries = archive.entries()
+    if name is not None:  # one image, maybe under several names (a docker-archive's tags)
+        entries = list({e.target.digest: e for e in entries}.values())
     if name is not None and len(entries) != 1:
         raise ArchiveError(f"--name needs an archive of one image; this one has {len(entries)}")
     plan = []
     for entry in entries:
         image_name = name or entry.name
         if not image_name:
-            raise ArchiveError(f"image {entry.target.digest} has no "
-                               "org.opencontainers.image.ref.name annotation: give --name")
+            raise ArchiveError(f"image {entry.target.digest} has no name (no "
+                               "org.opencontainers.image.ref.name annotation, no RepoTags): "
+                               "give --name")
         plan.append((image_name, resolve(archive, entry.target)))
     return plan
 
 
 def import_archive(channel: grpc.Channel, path: str | os.PathLike[str], *,
                    name: str | None = None, lease: str | None = None,
-                   progress: ProgressFactory | None = None) -> list[Imported]:
-    """Import the OCI archive at `path` (see the module docstring). `lease`: the
+                   progress: ProgressFactory | None = None,
+                   stdin: IO[bytes] | None = None) -> list[Imported]:
+    """Import the archive at `path` (see the module docstring): an OCI layout
+    or a docker-archive, a tar (plain, gzip or zstd) or a directory; ``-`` is
+    `stdin` (standard input by default), spooled to a temporary file
+    (:func:`local_archive`). `lease`: the
     lease the channel's calls already carry (the CLI's ``--lease``); without
     one the import creates its own (expiring in 24 h) and deletes it at the
     end, whether it succeeded or not. Raises ArchiveError, LayerError,
     ImportFailed or grpc.RpcError."""
-    with Archive(path) as archive:
+    with local_archive(str(path), stdin or sys.stdin.buffer) as (local, label), \
+            Archive(local, label) as archive:
         plan = _plan(archive, name)  # every document read and checked before any change
         with leased(Client(channel), lease, "import") as client:
             return _import(client, archive, plan, progress)
