@@ -415,3 +415,10 @@ def test_prune_with_a_bad_duration_is_a_usage_error(daemon):
     proc = run(daemon, "prune", "--older-than", "soon")
     assert proc.returncode == 2
     assert b"expected a duration" in proc.stderr
+
+
+def test_active_quiet_prints_only_the_refs(daemon, unique):
+    fails(daemon, "ingest", "quiet-ref", "--expected-size", str(len(unique) + 1),
+          input=unique)  # short: the ingest stays
+    listed = ok(daemon, "active", "-q").splitlines()
+    assert "quiet-ref" in listed and all(" " not in line for line in listed)

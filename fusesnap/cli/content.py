@@ -395,6 +395,9 @@ def _active(args: argparse.Namespace, stub: ContentStub) -> None:
     statuses = stub.ListStatuses(cpb.ListStatusesRequest(filters=args.filters)).statuses
     if args.json:
         common.print_json([status_json(s) for s in statuses])
+    elif args.quiet:
+        for s in statuses:
+            print(s.ref)
     else:
         common.print_table(
             ["ref", "size", "total", "started", "updated"],
@@ -474,31 +477,40 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     common.add_keep_option(p)
 
     p = command("get", _get, "write a blob to standard output")
-    p.add_argument("digest", metavar="DIGEST")
+    p.add_argument("digest", metavar="DIGEST",
+                   help="the blob's digest (sha256:...)")
 
     p = command("ls", _ls, "list blobs (filters are OR-ed, e.g. labels.team==infra)",
                 aliases=["list"], json=True)
     p.add_argument("-q", "--quiet", action="store_true", help="print only the digests")
-    p.add_argument("filters", metavar="FILTER", nargs="*")
+    p.add_argument("filters", metavar="FILTER", nargs="*",
+                   help="containerd filters, e.g. digest==sha256:..., labels.team==infra")
 
     p = command("info", _info, "print a blob's info as JSON")
-    p.add_argument("digest", metavar="DIGEST")
+    p.add_argument("digest", metavar="DIGEST",
+                   help="the blob's digest (sha256:...)")
 
     p = command("rm", _rm, "delete blobs, stopping at the first failure",
                 aliases=["remove", "delete"])
-    p.add_argument("digests", metavar="DIGEST", nargs="+")
+    p.add_argument("digests", metavar="DIGEST", nargs="+",
+                   help="blobs to delete")
 
     p = command("label", _label, "set labels (KEY= removes one) and print the result",
                 json=True)
-    p.add_argument("digest", metavar="DIGEST")
-    p.add_argument("labels", metavar="KEY=VALUE", nargs="+", type=common.label_arg)
+    p.add_argument("digest", metavar="DIGEST",
+                   help="the blob's digest (sha256:...)")
+    p.add_argument("labels", metavar="KEY=VALUE", nargs="+", type=common.label_arg,
+                   help="labels to set; KEY= removes KEY")
 
     p = command("active", _active, "list ingests in progress (filters on ref, e.g. "
                 "ref~=^layer-)", json=True)
-    p.add_argument("filters", metavar="FILTER", nargs="*")
+    p.add_argument("filters", metavar="FILTER", nargs="*",
+                   help="containerd filters, e.g. ref==layer-1")
+    common.add_quiet_option(p, "the refs")
 
     p = command("abort", _abort, "abandon an ingest and delete its bytes")
-    p.add_argument("ref", metavar="REF")
+    p.add_argument("ref", metavar="REF",
+                   help="the ingest's ref (as given to ingest)")
 
     p = command("prune", _prune, "abort the ingests no Write stream holds that have not "
                 "grown for a while, printing each ref")

@@ -268,14 +268,17 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = command("ls", _ls, "list images (filters are OR-ed, e.g. name~=^docker.io/)",
                 aliases=["list"], json=True)
     p.add_argument("-q", "--quiet", action="store_true", help="print only the names")
-    p.add_argument("filters", metavar="FILTER", nargs="*")
+    p.add_argument("filters", metavar="FILTER", nargs="*",
+                   help="containerd filters, e.g. name==example.com/app:1, labels.k==v")
 
     p = command("get", _get, "show one image", json=True)
-    p.add_argument("name", metavar="NAME")
+    p.add_argument("name", metavar="NAME",
+                   help="the image's name")
 
     p = command("create", _create, "record an image pointing at a target descriptor",
                 json=True)
-    p.add_argument("name", metavar="NAME")
+    p.add_argument("name", metavar="NAME",
+                   help="the new image's name (a reference such as example.com/app:1)")
     p.add_argument("--digest", required=True, metavar="DIGEST", help="target digest")
     p.add_argument("--size", required=True, type=_positive_size, metavar="N",
                    help="target size in bytes")
@@ -287,12 +290,15 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
     p = command("label", _label, "set labels (KEY= removes one) and print the result",
                 json=True)
-    p.add_argument("name", metavar="NAME")
-    p.add_argument("labels", metavar="KEY=VALUE", nargs="+", type=common.label_arg)
+    p.add_argument("name", metavar="NAME",
+                   help="the image's name")
+    p.add_argument("labels", metavar="KEY=VALUE", nargs="+", type=common.label_arg,
+                   help="labels to set; KEY= removes KEY")
 
     p = command("rm", _rm, "delete images, stopping at the first failure",
                 aliases=["remove", "delete"])
-    p.add_argument("names", metavar="NAME", nargs="+")
+    p.add_argument("names", metavar="NAME", nargs="+",
+                   help="images to delete")
     p.add_argument("--sync", action="store_true",
                    help="return after the garbage collection that follows")
 
@@ -311,14 +317,17 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
     p = command("prepare", _prepare, "create an active snapshot on an image's top layer "
                 "and print its directory", json=True)
-    p.add_argument("name", metavar="NAME")
-    p.add_argument("key", metavar="KEY")
+    p.add_argument("name", metavar="NAME",
+                   help="the image whose top layer the new snapshot goes on")
+    p.add_argument("key", metavar="KEY",
+                   help="the new active snapshot's key (a name you choose)")
     common.add_keep_option(p)
     on_channel(p, _prepare)
 
     p = command("mount", _mount, "create a read-only view of an image and print its "
                 "directory", json=True)
-    p.add_argument("name", metavar="NAME")
+    p.add_argument("name", metavar="NAME",
+                   help="the image to view")
     p.add_argument("--key", default=None, metavar="KEY",
                    help="key of the view (default: NAME-view-RANDOM)")
     common.add_keep_option(p)
@@ -336,7 +345,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     on_channel(p, _commit)
 
     p = command("export", _export, "write an image to a tar of an OCI image layout")
-    p.add_argument("name", metavar="NAME")
+    p.add_argument("name", metavar="NAME",
+                   help="the image to export")
     p.add_argument("archive", metavar="ARCHIVE",
                    help="the tar to write: - for standard output; a pipe or device is "
                         "written in place; an existing file is replaced only with --force")
