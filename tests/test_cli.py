@@ -447,3 +447,11 @@ def test_path_prints_the_directory_of_a_snapshot_of_any_kind(daemon: Daemon) -> 
     assert doc == {"key": "base", "path": str(base), "kind": "committed"}
     assert fails(daemon, "path", "absent") == \
         "fusesnap: not found: snapshot absent does not exist\n"
+
+
+def test_commit_and_info_take_json(daemon: Daemon) -> None:
+    daemon.prepare("work")
+    doc = json.loads(ok(daemon, "commit", "done", "work", "--json"))
+    assert doc["name"] == "done" and doc["kind"] == "committed"
+    assert json.loads(ok(daemon, "info", "done", "--json")) == json.loads(ok(daemon, "info",
+                                                                             "done"))

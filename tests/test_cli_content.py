@@ -422,3 +422,8 @@ def test_active_quiet_prints_only_the_refs(daemon, unique):
           input=unique)  # short: the ingest stays
     listed = ok(daemon, "active", "-q").splitlines()
     assert "quiet-ref" in listed and all(" " not in line for line in listed)
+
+
+def test_ingest_json_names_the_ref_and_digest(daemon, unique):
+    doc = json.loads(ok(daemon, "ingest", "json-ref", "--json", input=unique))
+    assert doc == {"ref": "json-ref", "digest": sha(unique)}

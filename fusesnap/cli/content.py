@@ -241,7 +241,7 @@ def _ingest(args: argparse.Namespace, stub: ContentStub) -> None:
             action=cpb.STAT, ref=args.ref, total=total, expected=expected))
     except grpc.RpcError as err:
         if expected and is_code(err, grpc.StatusCode.ALREADY_EXISTS):
-            print(expected)  # already there: nothing to send
+            _print_digest(args, expected)  # already there: nothing to send
             return
         raise
     offset = resp.offset
@@ -289,11 +289,18 @@ def _ingest(args: argparse.Namespace, stub: ContentStub) -> None:
             labels=common.kept(args, common.labels_of(args.label))))
     except grpc.RpcError as err:
         if is_code(err, grpc.StatusCode.ALREADY_EXISTS):
-            print(digest)  # the same bytes are committed already
+            _print_digest(args, digest)  # the same bytes are committed already
             return
         raise
     stream.close()
-    print(resp.digest)
+    _print_digest(args, resp.digest)
+
+
+def _print_digest(args: argparse.Namespace, digest: str) -> None:
+    if args.json:
+        common.print_json({"ref": args.ref, "digest": digest})
+    else:
+        print(digest)
 
 
 def _interrupted(args: argparse.Namespace, stub: ContentStub, stream: WriteStream,
@@ -466,7 +473,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     add_socket_option(group)
     command = common.subcommands(group, "content_command", ContentClient)
 
-    p = command("ingest", _ingest, "store standard input as a blob and print its digest")
+    p = command("ingest", _ingest, "store standard input as a blob and print its digest",
+                json=True)
     p.add_argument("ref", metavar="REF", help="ingest name (resumed if it exists)")
     p.add_argument("--expected-digest", metavar="DIGEST", default="",
                    help="fail unless the content has this digest")
@@ -486,7 +494,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("filters", metavar="FILTER", nargs="*",
                    help="containerd filters, e.g. digest==sha256:..., labels.team==infra")
 
-    p = command("info", _info, "print a blob's info as JSON")
+    p = command("info", _info, "print a blob's info as JSON (--json: the same)", json=True)
     p.add_argument("digest", metavar="DIGEST",
                    help="the blob's digest (sha256:...)")
 

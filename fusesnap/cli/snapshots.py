@@ -135,6 +135,9 @@ def _commit(args: argparse.Namespace, stub: SnapshotsStub) -> None:
     stub.Commit(spb.CommitSnapshotRequest(
         snapshotter=SNAPSHOTTER, name=args.name, key=args.key,
         labels=common.kept(args, common.labels_of(args.label))))
+    if args.json:
+        info = stub.Stat(spb.StatSnapshotRequest(snapshotter=SNAPSHOTTER, key=args.name)).info
+        common.print_json(info_json(info))
 
 
 def _rm(args: argparse.Namespace, stub: SnapshotsStub) -> None:
@@ -320,7 +323,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("key", metavar="KEY", help="the snapshot's key or name")
     p.set_defaults(func=lambda args: common.run(args, lambda channel: _path(args, channel)))
 
-    p = command("commit", _commit, "commit active snapshot KEY as NAME")
+    p = command("commit", _commit, "commit active snapshot KEY as NAME (--json: print "
+                "the committed snapshot's info)", json=True)
     p.add_argument("name", metavar="NAME", help="the committed snapshot's name (new)")
     p.add_argument("key", metavar="KEY", help="the active snapshot to commit (it goes)")
     label_option(p)
@@ -337,7 +341,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    help="containerd filters, e.g. kind==active, parent==base, labels.k==v")
     common.add_quiet_option(p, "the keys")
 
-    p = command("info", _info, "print a snapshot's info as JSON")
+    p = command("info", _info, "print a snapshot's info as JSON (--json: the same)",
+                json=True)
     p.add_argument("key", metavar="KEY", help="the snapshot's key or name")
 
     p = command("usage", _usage, "print the disk usage of one or all snapshots", json=True)
