@@ -35,8 +35,8 @@ def messages(path: Path, offset: int, length: int) -> Iterator[bytes]:
     `path`, in order, at most :data:`CHUNK` bytes of data each.
 
     The blob's size is that of its file: a blob file exists exactly while the
-    blob is committed (it is renamed into place by the commit and unlinked by
-    a Delete), so a Read needs no metadata lookup. NotFound if the file is gone
+    blob is committed (the commit hard-links it into place and a Delete unlinks
+    it), so a Read needs no metadata lookup. NotFound if the file is gone
     before it is opened (a Delete won the race); once open, it is read to the
     end. OutOfRange (before the first chunk) for an offset past the end."""
     name = f"{path.parent.name}:{path.name}"
