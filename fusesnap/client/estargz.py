@@ -257,7 +257,7 @@ def _members(src: IO[bytes]) -> Iterator[tuple[tarfile.TarInfo, int]]:
             size = member.size if member.isreg() else 0
             start, pos = pos, member.offset_data + size + _block(size)
             yield member, start
-            tar.members.clear()  # not kept: a layer may hold millions of entries
+            tar.members.clear()  # type: ignore[attr-defined]  # a layer may hold millions
     except (tarfile.TarError, EOFError) as e:
         raise EstargzError(f"not a valid layer tar: {e}") from None
 
