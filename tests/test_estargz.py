@@ -260,3 +260,20 @@ def test_refusals_record_nothing(cli: Cli, converted: Converted) -> None:
     assert "not found" in cli.fails("images", "convert", "--estargz", "fusesnap.test/nope:1",
                                     "fusesnap.test/other:1").lower()
     assert cli.ok("images", "ls", "-q") == before
+
+
+def test_a_docker_image_keeps_docker_media_types(cli: Cli, tmp_path: Path) -> None:
+    name, new = "fusesnap.test/docker:1", "fusesnap.test/docker:1-esgz"
+    image = oci.Image(name, [oci.Layer([oci.Dir("k"), oci.File("k/f", b"docker\n")])])
+    cli.ok("images", "import", str(oci.write_docker_archive(image, tmp_path / "d.tar").path))
+    done = json.loads(cli.ok("images", "convert", "--estargz", "--json", name, new))
+    cli.ok("images", "export", new, str(tmp_path / "out.tar"))
+    with tarfile.open(tmp_path / "out.tar") as tar:
+        manifest = json.loads(tar.extractfile(  # type: ignore[union-attr]
+            "blobs/sha256/" + done["digest"].removeprefix("sha256:")).read())
+    assert manifest["mediaType"] == "application/vnd.docker.distribution.manifest.v2+json"
+    [layer] = manifest["layers"]
+    assert layer["mediaType"] == "application/vnd.docker.image.rootfs.diff.tar.gzip"
+    assert estargz.TOC_DIGEST_ANNOTATION in layer["annotations"]
+    mounted = Path(cli.ok("images", "mount", new).strip())
+    assert (mounted / "k/f").read_bytes() == b"docker\n"
