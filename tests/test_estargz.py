@@ -277,3 +277,24 @@ def test_a_docker_image_keeps_docker_media_types(cli: Cli, tmp_path: Path) -> No
     assert estargz.TOC_DIGEST_ANNOTATION in layer["annotations"]
     mounted = Path(cli.ok("images", "mount", new).strip())
     assert (mounted / "k/f").read_bytes() == b"docker\n"
+
+
+def test_the_reader_takes_small_files_sharing_a_member() -> None:
+    """Other writers (estargz's MinChunkSize) put several small files in one
+    gzip member, each at an innerOffset in its bytes."""
+    payload = oci.gzip_bytes(b"hello" + b"world")
+    entries = [{"name": n, "type": "reg", "size": 5, "offset": 7, "innerOffset": i,
+                "digest": oci.digest(c), "chunkDigest": oci.digest(c)}
+               for n, i, c in (("a", 0, b"hello"), ("b", 5, b"world"))]
+    toc_json = json.dumps({"version": 1, "entries": entries}).encode()
+    head = bytes(7)  # a stand-in for what comes before: offsets are the blob's
+    toc_tar = tarfile.TarInfo(estargz.TOC_NAME)
+    toc_tar.size = len(toc_json)
+    tar = io.BytesIO()
+    with tarfile.open(fileobj=tar, mode="w") as t:
+        t.addfile(toc_tar, io.BytesIO(toc_json))
+    blob = head + payload + oci.gzip_bytes(tar.getvalue())
+    blob += estargz.footer(len(head) + len(payload))
+    toc = estargz.verify(lambda o, n: blob[o:o + n], len(blob))
+    assert [(c.name, c.inner_offset, c.end) for c in estargz.chunks(toc)] == [
+        ("a", 0, 7 + len(payload)), ("b", 5, 7 + len(payload))]

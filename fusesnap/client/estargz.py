@@ -412,6 +412,9 @@ class Chunk:
     chunk_offset: int
     size: int
     digest: str
+    inner_offset: int = 0
+    """Where the chunk starts in its member's bytes: other writers (estargz's
+    MinChunkSize) put small files together in one member; this one never."""
 
 
 def chunks(toc: Toc) -> list[Chunk]:
@@ -430,14 +433,15 @@ def chunks(toc: Toc) -> list[Chunk]:
         if at + size > file_size or size <= 0 or e["offset"] not in following:
             raise EstargzError(f"{TOC_NAME}: bad chunk of {e.get('name')!r} at {at}")
         found.append(Chunk(e["name"], e["offset"], following[e["offset"]], at, size,
-                           str(e.get("chunkDigest", ""))))
+                           str(e.get("chunkDigest", "")), int(e.get("innerOffset", 0))))
     return found
 
 
 def read_chunk(data: bytes, chunk: Chunk) -> bytes:
     """The bytes of `chunk` from `data`, the blob's range [chunk.offset,
     chunk.end), checked against its chunkDigest (EstargzError otherwise)."""
-    plain = _first_member(data, chunk.offset)[:chunk.size]
+    inner = chunk.inner_offset
+    plain = _first_member(data, chunk.offset)[inner:inner + chunk.size]
     got = "sha256:" + hashlib.sha256(plain).hexdigest()
     if len(plain) != chunk.size or got != chunk.digest:
         raise EstargzError(f"{chunk.name} at {chunk.chunk_offset}: chunk digest {got}, "
