@@ -19,6 +19,8 @@
                                               active snapshot KEY's changes as a new
                                               image: the base image plus one layer
     fusesnap images export NAME ARCHIVE       the image as a tar of an OCI layout
+    fusesnap images convert --estargz NAME NEWNAME [--force]
+                                              NAME with its layers as eStargz, as NEWNAME
 
 `import` reads a tar of an OCI image layout (or such a directory) or a
 docker-archive (``manifest.json``, as ``docker save`` wrote before Docker 25:
@@ -50,6 +52,15 @@ layers, with an index.json naming it NAME, as ``ctr images import`` reads;
 ARCHIVE ``-`` is standard output, a pipe or device is written in place, and an
 existing file is replaced only with ``--force``.
 
+`convert --estargz` writes each layer of NAME (for this platform) as an
+eStargz layer (stargz-snapshotter's lazily pullable gzip layout: each file's
+content in gzip members of its own, 4 MiB chunks, a TOC ``stargz.index.json``
+and a footer), a config with the new diff_ids and a manifest with the
+``containerd.io/snapshot/stargz/toc.digest`` and
+``io.containers.estargz.uncompressed-size`` annotations, unpacks the layers
+and records NEWNAME (replacing an existing one only with ``--force``); it
+prints ``NEWNAME DIGEST``. eStargz is the only conversion.
+
 An image is a record only: `create` neither checks nor fetches its target.
 SIZE is the size of the target descriptor (a manifest or an index), not of
 the image's layers as `ctr images ls` computes it. With the global
@@ -74,6 +85,7 @@ from fusesnap.cli.content import ProgressBar, age, labels_text
 from fusesnap.cli.snapshots import directory, mount_json
 from fusesnap.client.archive import ArchiveError
 from fusesnap.client.commit import BASE_LABEL, CommitFailed, commit_image
+from fusesnap.client.convert import ConvertFailed, convert_image
 from fusesnap.client.export import export_image
 from fusesnap.client.importer import (
     SNAPSHOTTER,
@@ -234,6 +246,23 @@ def _commit(args: argparse.Namespace, channel: grpc.Channel) -> None:
         print(f"{done.name} {done.target.digest}")
 
 
+def _convert(args: argparse.Namespace, channel: grpc.Channel) -> None:
+    if not args.estargz:
+        raise common.CommandError("convert: give --estargz (eStargz is the only conversion)")
+    try:
+        done = convert_image(channel, args.name, args.new_name, force=args.force,
+                             lease=args.lease)
+    except (ArchiveError, ConvertFailed, LayerError) as err:
+        raise common.CommandError(f"convert {args.name}: {err}") from err
+    if args.json:
+        common.print_json({"name": done.name, "digest": done.target.digest,
+                           "media_type": done.target.media_type,
+                           "layers": [d.digest for d in done.layers],
+                           "diff_ids": done.diff_ids})
+    else:
+        print(f"{done.name} {done.target.digest}")
+
+
 def _export(args: argparse.Namespace, channel: grpc.Channel) -> None:
     # The image must exist before anything is created or replaced.
     ImagesStub(channel).Get(ipb.GetImageRequest(name=args.name))
@@ -343,6 +372,16 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    help="the image KEY was prepared from (default: as `images prepare` "
                         "recorded it)")
     on_channel(p, _commit)
+
+    p = command("convert", _convert, "make image NEWNAME from image NAME with its layers "
+                "converted (--estargz: eStargz, lazily pullable)", json=True)
+    p.add_argument("name", metavar="NAME", help="the image to convert (kept as it is)")
+    p.add_argument("new_name", metavar="NEWNAME", help="the image to record")
+    p.add_argument("--estargz", action="store_true",
+                   help="convert the layers to eStargz (the only conversion; required)")
+    p.add_argument("--force", "-f", action="store_true",
+                   help="replace an existing image NEWNAME")
+    on_channel(p, _convert)
 
     p = command("export", _export, "write an image to a tar of an OCI image layout")
     p.add_argument("name", metavar="NAME",

@@ -23,6 +23,7 @@ from fusesnap.client.archive import REF_NAME, ArchiveDescriptor, parse_json, res
 from fusesnap.client.importer import Client, StoreSource
 from fusesnap.pb import content_pb2 as cpb
 from fusesnap.pb import images_pb2 as ipb
+from fusesnap.pb.content_pb2_grpc import ContentStub
 
 INDEX_TYPE = "application/vnd.oci.image.index.v1+json"
 CHUNK = 1 << 20
@@ -48,6 +49,12 @@ class _Chunks(io.RawIOBase):
         buffer[:n] = self._buf[:n]
         self._buf = self._buf[n:]
         return n
+
+
+def blob_stream(content: ContentStub, digest: str) -> IO[bytes]:
+    """A blob of the content store as a stream (read once, never held whole)."""
+    data = (r.data for r in content.Read(cpb.ReadContentRequest(digest=digest)))
+    return io.BufferedReader(_Chunks(data), CHUNK)
 
 
 def _member(name: str, size: int = 0, directory: bool = False) -> tarfile.TarInfo:
@@ -91,8 +98,6 @@ def export_image(channel: grpc.Channel, name: str, out: IO[bytes]) -> ArchiveDes
         for digest in sorted(blobs):
             desc = blobs[digest]
             alg, _, hexdigest = digest.partition(":")
-            data = (r.data for r in client.content.Read(
-                cpb.ReadContentRequest(digest=digest)))
             tar.addfile(_member(f"blobs/{alg}/{hexdigest}", desc.size),
-                        io.BufferedReader(_Chunks(data), CHUNK))
+                        blob_stream(client.content, digest))
     return image.manifest
