@@ -83,6 +83,8 @@ from fusesnap.client.importer import (
     import_archive,
     top_chain_id,
 )
+from fusesnap.client.pull import PullOptions, parse_platform, pull_image
+from fusesnap.client.registry import RegistryError
 from fusesnap.pb import descriptor_pb2
 from fusesnap.pb import images_pb2 as ipb
 from fusesnap.pb import snapshots_pb2 as spb
@@ -190,6 +192,35 @@ def _import(args: argparse.Namespace, channel: grpc.Channel) -> None:
         for i in done:
             print(f"{i.name} {i.target.digest}")
 
+
+
+def _pull(args: argparse.Namespace, channel: grpc.Channel) -> None:
+    def bar(label: str, total: int) -> ProgressBar:
+        return ProgressBar(sys.stderr, label, 0, total)
+
+    creds = None
+    if args.creds is not None:
+        user, sep, password = args.creds.partition(":")
+        if not sep or not user:
+            raise common.CommandError("--creds: expected USER:PASSWORD")
+        creds = (user, password)
+    try:
+        options = PullOptions(platform=parse_platform(args.platform) if args.platform else None,
+                              creds=creds, ca=args.ca, plain_http=args.plain_http)
+        done = pull_image(channel, args.reference, name=args.name, options=options,
+                          lease=args.lease, progress=bar if sys.stderr.isatty() else None)
+    except (RegistryError, ArchiveError, LayerError, ImportFailed) as err:
+        raise common.CommandError(f"pull {args.reference}: {err}") from err
+    except grpc.RpcError as err:
+        if common.is_connect_failure(err):
+            raise
+        raise common.CommandError(f"pull {args.reference}: {common.describe(err)}") from err
+    if args.json:
+        common.print_json({"name": done.name, "digest": done.target.digest,
+                           "media_type": done.target.media_type, "chain_ids": done.chain_ids,
+                           "applied": done.applied})
+    else:
+        print(f"{done.name} {done.target.digest}")
 
 
 def _on_image(args: argparse.Namespace, channel: grpc.Channel, key: str, view: bool) -> None:
@@ -314,6 +345,24 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                         "org.opencontainers.image.ref.name annotation, or a "
                         "docker-archive's RepoTags)")
     on_channel(p, _import)
+
+    p = command("pull", _pull, "pull an image from an OCI distribution registry (v2 API) "
+                "and unpack its layers into snapshots", json=True)
+    p.add_argument("reference", metavar="REF",
+                   help="the image: [HOST[:PORT]/]REPOSITORY[:TAG][@DIGEST] (no host: "
+                        "docker.io)")
+    p.add_argument("--name", default=None, metavar="NAME",
+                   help="image name (default: the normalized REF)")
+    p.add_argument("--platform", default=None, metavar="OS/ARCH[/VARIANT]",
+                   help="the manifest to pick from an index (default: this machine's)")
+    p.add_argument("--creds", default=None, metavar="USER:PASSWORD",
+                   help="registry credentials (default: the Docker config file's, "
+                        "$DOCKER_CONFIG/config.json or ~/.docker/config.json)")
+    p.add_argument("--ca", default=None, metavar="FILE",
+                   help="a PEM file of CA certificates to trust for the registry's TLS")
+    p.add_argument("--plain-http", action="store_true",
+                   help="talk plain HTTP to the registry, not HTTPS")
+    on_channel(p, _pull)
 
     p = command("prepare", _prepare, "create an active snapshot on an image's top layer "
                 "and print its directory", json=True)

@@ -1,0 +1,109 @@
+"""``fusesnap images pull``: an image from an OCI distribution registry into
+the daemon, as :func:`fusesnap.client.importer.import_archive` imports one
+from an archive.
+
+The image's index (if any) is resolved to the manifest for a platform (the
+host's by default), its config read and checked; then, under one lease
+(the caller's or one of its own), the layers and the config are downloaded
+in parallel, each into a content ingest named ``pull-DIGEST`` with the
+daemon checking its digest at the commit: an ingest an interrupted pull left
+resumes with an HTTP Range request from its offset. The manifest and indexes
+follow with containerd's ``gc.ref`` labels, the layers are applied by the
+daemon's Applier into snapshots named by their chain IDs, and the image
+record is written last, so that a failed pull leaves no record and changes
+nothing stored already.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+from dataclasses import dataclass
+
+import grpc
+
+from fusesnap.client.archive import ArchiveDescriptor, Platform, Resolved, resolve, walk
+from fusesnap.client.importer import (
+    REF_SNAPSHOT,
+    Client,
+    Imported,
+    ProgressFactory,
+    leased,
+    record_image,
+    unpack,
+)
+from fusesnap.client.registry import Reference, Registry, RegistryError, docker_credentials
+
+PARALLEL = 4
+"""Blobs downloaded at once."""
+
+
+@dataclass
+class PullOptions:
+    platform: Platform | None = None
+    creds: tuple[str, str] | None = None
+    """None: from the Docker config file, if it has any for the host."""
+    ca: str | None = None
+    plain_http: bool = False
+
+
+def parse_platform(text: str) -> Platform:
+    parts = text.split("/")
+    if len(parts) not in (2, 3) or not all(parts):
+        raise RegistryError(f"--platform {text!r}: expected OS/ARCH[/VARIANT], e.g. linux/amd64")
+    return Platform(*parts)
+
+
+def pull_image(channel: grpc.Channel, reference: str, *, name: str | None = None,
+               options: PullOptions | None = None, lease: str | None = None,
+               progress: ProgressFactory | None = None) -> Imported:
+    """Pull `reference` (see the module docstring) and record it as `name`
+    (default: the normalized reference, e.g. ``docker.io/library/alpine:3``).
+    Raises RegistryError, ArchiveError (an invalid document), LayerError or
+    grpc.RpcError (e.g. DATA_LOSS-like failures of a blob whose bytes do not
+    match its digest)."""
+    options = options or PullOptions()
+    ref = Reference.parse(reference)
+    creds = options.creds if options.creds is not None else docker_credentials(ref.host)
+    registry = Registry(ref, creds=creds, ca=options.ca, plain_http=options.plain_http)
+    image = resolve(registry, registry.target(), options.platform)
+    with leased(Client(channel), lease, "pull") as client:
+        _fetch(client, registry, image, progress)
+        applied = unpack(client, registry, image, progress)
+        record_image(client, name or str(ref), image.target)
+    return Imported(name or str(ref), image.target, image.chain_ids, applied)
+
+
+def _fetch(client: Client, registry: Registry, image: Resolved,
+           progress: ProgressFactory | None) -> None:
+    """Every blob of `image` into the content store: layers and config in
+    parallel, then the documents that name them."""
+    def store(desc: ArchiveDescriptor, labels: dict[str, str]) -> None:
+        client.store_blob(desc, lambda offset: registry.open_blob(desc, offset), labels,
+                          progress, ref=f"pull-{desc.digest}")
+
+    with concurrent.futures.ThreadPoolExecutor(PARALLEL) as pool:
+        futures = []
+        for desc, labels in walk(registry, image):
+            if desc == image.config and image.layers:
+                labels = {**labels, REF_SNAPSHOT: image.chain_ids[-1]}
+            if desc in image.layers or desc == image.config:
+                futures.append(pool.submit(store, desc, labels))
+                continue
+            _wait(futures)
+            store(desc, labels)
+        _wait(futures)
+
+
+def _wait(futures: list[concurrent.futures.Future[None]]) -> None:
+    """Wait for all; raise the first failure (the others are waited for too,
+    so that no download still runs when the pull reports)."""
+    done, _ = concurrent.futures.wait(futures, return_when=concurrent.futures.FIRST_EXCEPTION)
+    if any(f.exception() is not None for f in done):
+        for f in futures:
+            f.cancel()
+    concurrent.futures.wait(futures)
+    for f in futures:
+        f.result()
+
+
+__all__ = ["PullOptions", "parse_platform", "pull_image"]

@@ -1,0 +1,261 @@
+"""`fusesnap images pull` (issue 20, first part) from real registries: Debian's
+docker-registry on 127.0.0.1 (tests/registry_env.py), anonymous on plain
+HTTP, with htpasswd basic auth over TLS from a test CA, and with token auth
+from a token server written in the tests; a proxy in front of the plain one
+corrupts a blob, cuts one off, or serves an oversized manifest. The pulled
+tree is compared with the import of the same archive.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests import oci, registry_env
+from tests.conftest import Daemon, module_daemon
+from tests.registry_env import Proxy, Registry, TokenServer
+from tests.test_images_import import Cli, small_image
+from tests.trees import host_tree
+
+pytestmark = pytest.mark.skipif(bool(registry_env.missing()), reason=registry_env.missing())
+
+CREDS = ("puller", "s3cret pass")
+REPO = "fusesnap/small"
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    yield from module_daemon(tmp_path_factory, "registry-pull")
+
+
+@pytest.fixture(scope="module")
+def cli(daemon: Daemon) -> Cli:
+    return Cli(daemon)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> oci.Built:
+    return oci.write_archive(small_image(), tmp_path_factory.mktemp("archive") / "small.tar")
+
+
+@pytest.fixture(scope="module")
+def plain(tmp_path_factory: pytest.TempPathFactory, built: oci.Built) -> Iterator[Registry]:
+    reg = registry_env.start_registry(tmp_path_factory.mktemp("plain"))
+    try:
+        registry_env.skopeo_copy(built.path, reg, f"{REPO}:1")
+        yield reg
+    finally:
+        reg.stop()
+
+
+@pytest.fixture(scope="module")
+def ca(tmp_path_factory: pytest.TempPathFactory) -> registry_env.Ca:
+    return registry_env.make_ca(tmp_path_factory.mktemp("ca"))
+
+
+@pytest.fixture(scope="module")
+def secure(tmp_path_factory: pytest.TempPathFactory, built: oci.Built,
+           ca: registry_env.Ca) -> Iterator[Registry]:
+    reg = registry_env.start_registry(tmp_path_factory.mktemp("secure"), ca=ca, creds=CREDS)
+    try:
+        registry_env.skopeo_copy(built.path, reg, f"{REPO}:1")
+        yield reg
+    finally:
+        reg.stop()
+
+
+@pytest.fixture(scope="module")
+def tokened(tmp_path_factory: pytest.TempPathFactory, built: oci.Built) -> Iterator[Registry]:
+    directory = tmp_path_factory.mktemp("tokened")
+    token = TokenServer(directory / "token", *CREDS)
+    reg = registry_env.start_registry(directory / "registry", token=token)
+    reg.creds = CREDS
+    try:
+        registry_env.skopeo_copy(built.path, reg, f"{REPO}:1")
+        yield reg
+    finally:
+        reg.stop()
+
+
+def tree_of(cli: Cli, name: str) -> object:
+    return host_tree(Path(cli.ok("images", "mount", name).strip()))
+
+
+@pytest.fixture(scope="module")
+def imported_tree(cli: Cli, built: oci.Built) -> object:
+    cli.ok("images", "import", str(built.path), "--name", "imported/small:1")
+    return tree_of(cli, "imported/small:1")
+
+
+def blob_count(daemon: Daemon) -> set[str]:
+    out = subprocess.run([sys.executable, "-m", "fusesnap", "--socket", str(daemon.socket),
+                          "content", "ls", "-q"], capture_output=True, text=True, timeout=60)
+    return set(out.stdout.split())
+
+
+# ---------------------------------------------------------------------- pulls
+
+
+def test_pull_anonymous_plain_http(cli: Cli, plain: Registry, built: oci.Built,
+                                   imported_tree: object) -> None:
+    out = cli.ok("images", "pull", "--plain-http", f"{plain.host}/{REPO}:1")
+    assert out == f"{plain.host}/{REPO}:1 {built.manifest}\n"
+    image = cli.json("images", "get", f"{plain.host}/{REPO}:1", "--json")
+    assert image["target"]["digest"] == built.manifest  # type: ignore[index]
+    assert tree_of(cli, f"{plain.host}/{REPO}:1") == imported_tree
+    info = cli.json("content", "info", built.manifest, "--json")
+    labels = info["labels"]  # type: ignore[index]
+    assert labels["containerd.io/gc.ref.content.config"] == built.config
+    assert cli.ok("leases", "ls", "-q") == ""  # the pull's lease is gone
+
+
+def test_pull_basic_auth_tls(cli: Cli, secure: Registry, ca: registry_env.Ca,
+                             built: oci.Built, imported_tree: object) -> None:
+    out = cli.ok("images", "pull", "--ca", str(ca.cert), "--creds", ":".join(CREDS),
+                 "--name", "secure/small:1", f"{secure.host}/{REPO}:1")
+    assert out == f"secure/small:1 {built.manifest}\n"
+    assert tree_of(cli, "secure/small:1") == imported_tree
+
+
+def test_pull_creds_from_docker_config(cli: Cli, secure: Registry, ca: registry_env.Ca,
+                                       tmp_path: Path, built: oci.Built) -> None:
+    (tmp_path / ".docker").mkdir()
+    auth = base64.b64encode(":".join(CREDS).encode()).decode()
+    (tmp_path / ".docker" / "config.json").write_text(
+        json.dumps({"auths": {secure.host: {"auth": auth}}}))
+    proc = subprocess.run([sys.executable, "-m", "fusesnap", "--socket", str(cli.daemon.socket),
+                           "images", "pull", "--ca", str(ca.cert), "--name", "config/small:1",
+                           f"{secure.host}/{REPO}:1"], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "HOME": str(tmp_path)})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == f"config/small:1 {built.manifest}\n"
+
+
+def test_pull_bearer_token(cli: Cli, tokened: Registry, built: oci.Built,
+                           imported_tree: object) -> None:
+    out = cli.ok("images", "pull", "--plain-http", "--creds", ":".join(CREDS),
+                 "--name", "token/small:1", f"{tokened.host}/{REPO}:1")
+    assert out == f"token/small:1 {built.manifest}\n"
+    assert tree_of(cli, "token/small:1") == imported_tree
+    assert tokened.token is not None
+    assert any(f"scope=repository%3A{REPO.replace('/', '%2F')}%3Apull" in r
+               for r in tokened.token.requests), tokened.token.requests
+
+
+def test_pull_by_digest_and_platform_from_an_index(cli: Cli, plain: Registry,
+                                                   built: oci.Built) -> None:
+    plat = oci.host_platform()
+    index = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+                        "manifests": [
+                            {"mediaType": "application/vnd.oci.image.manifest.v1+json",
+                             "digest": built.manifest, "size": built.sizes[built.manifest],
+                             "platform": plat},
+                        ]}).encode()
+    registry_env.put_manifest(plain, REPO, "multi", index,
+                              "application/vnd.oci.image.index.v1+json")
+    out = cli.ok("images", "pull", "--plain-http", "--name", "index/small:1",
+                 f"{plain.host}/{REPO}:multi")
+    assert out.split()[1] == oci.digest(index)
+    cli.ok("images", "pull", "--plain-http", "--name", "digest/small:1",
+           f"{plain.host}/{REPO}@{built.manifest}")
+    err = cli.fails("images", "pull", "--plain-http", "--platform", "windows/s390x",
+                    f"{plain.host}/{REPO}:multi")
+    assert "no manifest for windows/s390x" in err
+
+
+# ---------------------------------------------------------------------- refusals
+
+
+def test_wrong_credentials(cli: Cli, secure: Registry, tokened: Registry,
+                           ca: registry_env.Ca) -> None:
+    err = cli.fails("images", "pull", "--ca", str(ca.cert), "--creds", "puller:wrong",
+                    f"{secure.host}/{REPO}:1")
+    assert "authentication failed" in err
+    err = cli.fails("images", "pull", "--ca", str(ca.cert), f"{secure.host}/{REPO}:1")
+    assert "needs credentials" in err
+    err = cli.fails("images", "pull", "--plain-http", "--creds", "puller:wrong",
+                    f"{tokened.host}/{REPO}:1")
+    assert "token server" in err and "refused" in err
+
+
+def test_unknown_repository_and_tag(cli: Cli, plain: Registry) -> None:
+    assert "not found" in cli.fails("images", "pull", "--plain-http",
+                                    f"{plain.host}/no/such:1")
+    assert "not found" in cli.fails("images", "pull", "--plain-http",
+                                    f"{plain.host}/{REPO}:nosuchtag")
+
+
+def test_tls_needs_ca_and_plain_http_needs_asking(cli: Cli, secure: Registry,
+                                                  plain: Registry) -> None:
+    err = cli.fails("images", "pull", "--creds", ":".join(CREDS), f"{secure.host}/{REPO}:1")
+    assert "not trusted" in err and "--ca" in err
+    err = cli.fails("images", "pull", f"{plain.host}/{REPO}:1")
+    assert "--plain-http" in err
+
+
+def test_corrupt_blob_refused_and_nothing_lost(cli: Cli, daemon: Daemon, plain: Registry,
+                                               built: oci.Built) -> None:
+    cli.ok("images", "pull", "--plain-http", "--name", "before/small:1",
+           f"{plain.host}/{REPO}:1")
+    before = blob_count(daemon)
+    other = oci.write_archive(oci.Image("x", [oci.Layer([oci.File("c", b"corrupt me\n" * 100)]),
+                                              *small_image().layers]),
+                              built.path.parent / "other.tar")
+    registry_env.skopeo_copy(other.path, plain, "fusesnap/other:1")
+    proxy = Proxy(plain.host, corrupt={other.layers[0]})
+    try:
+        err = cli.fails("images", "pull", "--plain-http", f"{proxy.host}/fusesnap/other:1")
+    finally:
+        proxy.stop()
+    assert "digest" in err
+    names = cli.ok("images", "ls", "-q").split()
+    assert f"{proxy.host}/fusesnap/other:1" not in names and "before/small:1" in names
+    assert before <= blob_count(daemon)
+    assert other.layers[0] not in blob_count(daemon)
+    assert cli.ok("content", "active", "-q") == ""  # the bad ingest is gone
+
+
+def test_interrupted_pull_resumes_with_range(cli: Cli, daemon: Daemon, plain: Registry,
+                                             built: oci.Built) -> None:
+    data = os.urandom(2 << 20)  # gzip keeps it at about 2 MiB (skopeo keeps a gzip layer)
+    resumed = oci.write_archive(oci.Image("r", [oci.Layer([oci.File("big", data)])]),
+                                built.path.parent / "resume.tar")
+    registry_env.skopeo_copy(resumed.path, plain, "fusesnap/resume:1")
+    layer = resumed.layers[0]
+    proxy = Proxy(plain.host, cut={layer: 1_500_000})
+    try:
+        err = cli.fails("images", "pull", "--plain-http", f"{proxy.host}/fusesnap/resume:1")
+        assert "broke off" in err
+        active = cli.ok("content", "active", "-q").split()
+        assert active == [f"pull-{layer}"]
+        assert f"{proxy.host}/fusesnap/resume:1" not in cli.ok("images", "ls", "-q").split()
+        proxy.cut.clear()
+        cli.ok("images", "pull", "--plain-http", f"{proxy.host}/fusesnap/resume:1")
+        ranges = [r for p, r in proxy.ranges if p.endswith(layer)]
+        assert ranges and ranges[0].startswith("bytes=") and ranges[0] != "bytes=0-"
+        assert int(ranges[0][6:].rstrip("-")) > 0
+    finally:
+        proxy.stop()
+    mounted = Path(cli.ok("images", "mount", f"{proxy.host}/fusesnap/resume:1").strip())
+    assert (mounted / "big").read_bytes() == data
+    assert cli.ok("content", "active", "-q") == ""
+
+
+def test_manifest_over_4_mib_refused(cli: Cli, plain: Registry) -> None:
+    big = json.dumps({"schemaVersion": 2,
+                      "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                      "annotations": {"pad": "x" * (4 << 20)}}).encode()
+    proxy = Proxy(plain.host, manifests={"fusesnap/huge/manifests/1": (
+        "application/vnd.oci.image.manifest.v1+json", big)})
+    try:
+        err = cli.fails("images", "pull", "--plain-http", f"{proxy.host}/fusesnap/huge:1")
+    finally:
+        proxy.stop()
+    assert "larger than" in err
