@@ -191,7 +191,7 @@ def start_registry(directory: Path, *, ca: Ca | None = None,
     config: list[str] = [
         "version: 0.1",
         "log:", "  level: error", "  accesslog:", "    disabled: true",
-        "storage:", f"  filesystem:", f"    rootdirectory: {directory / 'storage'}",
+        "storage:", "  filesystem:", f"    rootdirectory: {directory / 'storage'}",
         "  delete:", "    enabled: true",
         "http:", f"  addr: 127.0.0.1:{port}",
     ]
@@ -215,7 +215,8 @@ def start_registry(directory: Path, *, ca: Ca | None = None,
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"docker-registry exited: {(directory / 'registry.log').read_text()}")
+            log_text = (directory / "registry.log").read_text()
+            raise RuntimeError(f"docker-registry exited: {log_text}")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=1):
                 return reg

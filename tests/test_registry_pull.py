@@ -235,6 +235,8 @@ def test_interrupted_pull_resumes_with_range(cli: Cli, daemon: Daemon, plain: Re
         assert "broke off" in err
         active = cli.ok("content", "active", "-q").split()
         assert active == [f"pull-{layer}"]
+        cli.ok("gc")  # the failed pull's lease keeps the ingest for the next attempt
+        assert cli.ok("content", "active", "-q").split() == active
         assert f"{proxy.host}/fusesnap/resume:1" not in cli.ok("images", "ls", "-q").split()
         proxy.cut.clear()
         cli.ok("images", "pull", "--plain-http", f"{proxy.host}/fusesnap/resume:1")
@@ -246,6 +248,10 @@ def test_interrupted_pull_resumes_with_range(cli: Cli, daemon: Daemon, plain: Re
     mounted = Path(cli.ok("images", "mount", f"{proxy.host}/fusesnap/resume:1").strip())
     assert (mounted / "big").read_bytes() == data
     assert cli.ok("content", "active", "-q") == ""
+    leases = cli.ok("leases", "ls", "-q").split()
+    assert leases and all(i.startswith("fusesnap-pull-") for i in leases)  # failed pulls'
+    for lease in leases:
+        cli.ok("leases", "rm", lease)
 
 
 def test_manifest_over_4_mib_refused(cli: Cli, plain: Registry) -> None:

@@ -396,9 +396,12 @@ def import_archive(channel: grpc.Channel, path: str | os.PathLike[str], *,
 
 
 @contextmanager
-def leased(client: Client, lease: str | None, purpose: str) -> Iterator[Client]:
+def leased(client: Client, lease: str | None, purpose: str,
+           keep_on_failure: bool = False) -> Iterator[Client]:
     """`client` under `lease` (the channel carries it already), or under a new
-    lease of its own that expires in 24 h and is deleted on the way out."""
+    lease of its own that expires in 24 h and is deleted on the way out (with
+    `keep_on_failure`, only on success: what a failed attempt stored, its
+    ingests included, stays until the lease expires, for the next attempt)."""
     if lease is not None:
         client.lease = lease
         yield client
@@ -408,11 +411,13 @@ def leased(client: Client, lease: str | None, purpose: str) -> Iterator[Client]:
     expire = datetime.datetime.now(datetime.UTC) + LEASE_TTL
     client.leases.Create(lpb.CreateRequest(id=client.lease, labels={
         EXPIRE_LABEL: expire.isoformat(timespec="seconds").replace("+00:00", "Z")}))
+    ok = False
     try:
         yield client
+        ok = True
     finally:
-        client.leases.Delete(lpb.DeleteRequest(id=client.lease))
-
+        if ok or not keep_on_failure:
+            client.leases.Delete(lpb.DeleteRequest(id=client.lease))
 
 
 def _import(client: Client, archive: Archive, plan: list[tuple[str, Resolved]],

@@ -6,8 +6,11 @@ The image's index (if any) is resolved to the manifest for a platform (the
 host's by default), its config read and checked; then, under one lease
 (the caller's or one of its own), the layers and the config are downloaded
 in parallel, each into a content ingest named ``pull-DIGEST`` with the
-daemon checking its digest at the commit: an ingest an interrupted pull left
-resumes with an HTTP Range request from its offset. The manifest and indexes
+daemon checking its digest at the commit (an ingest whose bytes do not match
+is aborted): an ingest an interrupted pull left resumes with an HTTP Range
+request from its offset. A failed pull keeps its own lease (it expires in
+24 h) so that what it downloaded, its ingests included, is not collected
+before the next attempt. The manifest and indexes
 follow with containerd's ``gc.ref`` labels, the layers are applied by the
 daemon's Applier into snapshots named by their chain IDs, and the image
 record is written last, so that a failed pull leaves no record and changes
@@ -66,7 +69,7 @@ def pull_image(channel: grpc.Channel, reference: str, *, name: str | None = None
     creds = options.creds if options.creds is not None else docker_credentials(ref.host)
     registry = Registry(ref, creds=creds, ca=options.ca, plain_http=options.plain_http)
     image = resolve(registry, registry.target(), options.platform)
-    with leased(Client(channel), lease, "pull") as client:
+    with leased(Client(channel), lease, "pull", keep_on_failure=True) as client:
         _fetch(client, registry, image, progress)
         applied = unpack(client, registry, image, progress)
         record_image(client, name or str(ref), image.target)

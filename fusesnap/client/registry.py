@@ -363,22 +363,28 @@ class Registry:
                     resp.close()
                     raise RegistryError(f"blob {desc.digest}: shorter than {offset} bytes")
                 left -= len(chunk)
-        return cast(IO[bytes], _Body(resp, desc.digest))
+        return cast(IO[bytes], _Body(resp, desc.digest, desc.size - offset))
 
 
 class _Body:
-    """A blob's response whose failures are RegistryErrors."""
+    """A blob's response whose failures, an early end included, are RegistryErrors."""
 
-    def __init__(self, resp: http.client.HTTPResponse, digest: str) -> None:
+    def __init__(self, resp: http.client.HTTPResponse, digest: str, left: int) -> None:
         self.resp = resp
         self.digest = digest
+        self.left = left
 
     def read(self, n: int = -1) -> bytes:
         try:
-            return self.resp.read(n)
+            data = self.resp.read(n)
         except (OSError, http.client.HTTPException) as e:
             raise RegistryError(f"blob {self.digest}: the download broke off "
                                 f"({type(e).__name__}: {e})") from None
+        self.left -= len(data)
+        if not data and self.left > 0:
+            raise RegistryError(f"blob {self.digest}: the download broke off "
+                                f"{self.left} bytes before its end")
+        return data
 
     def __enter__(self) -> _Body:
         return self
