@@ -168,6 +168,9 @@ def test_pull_by_digest_and_platform_from_an_index(cli: Cli, plain: Registry,
     err = cli.fails("images", "pull", "--plain-http", "--platform", "windows/s390x",
                     f"{plain.host}/{REPO}:multi")
     assert "no manifest for windows/s390x" in err
+    err = cli.fails("images", "pull", "--plain-http", "--platform", "windows/s390x",
+                    f"{plain.host}/{REPO}:1")
+    assert "one manifest, for linux/" in err and "not windows/s390x" in err
 
 
 # ---------------------------------------------------------------------- refusals
@@ -188,8 +191,8 @@ def test_wrong_credentials(cli: Cli, secure: Registry, tokened: Registry,
 def test_unknown_repository_and_tag(cli: Cli, plain: Registry) -> None:
     assert "not found" in cli.fails("images", "pull", "--plain-http",
                                     f"{plain.host}/no/such:1")
-    assert "not found" in cli.fails("images", "pull", "--plain-http",
-                                    f"{plain.host}/{REPO}:nosuchtag")
+    assert "tag nosuchtag not found" in cli.fails("images", "pull", "--plain-http",
+                                                  f"{plain.host}/{REPO}:nosuchtag")
 
 
 def test_tls_needs_ca_and_plain_http_needs_asking(cli: Cli, secure: Registry,

@@ -24,7 +24,14 @@ from dataclasses import dataclass
 
 import grpc
 
-from fusesnap.client.archive import ArchiveDescriptor, Platform, Resolved, resolve, walk
+from fusesnap.client.archive import (
+    ArchiveDescriptor,
+    Platform,
+    Resolved,
+    parse_json,
+    resolve,
+    walk,
+)
 from fusesnap.client.importer import (
     REF_SNAPSHOT,
     Client,
@@ -69,11 +76,21 @@ def pull_image(channel: grpc.Channel, reference: str, *, name: str | None = None
     creds = options.creds if options.creds is not None else docker_credentials(ref.host)
     registry = Registry(ref, creds=creds, ca=options.ca, plain_http=options.plain_http)
     image = resolve(registry, registry.target(), options.platform)
+    if options.platform is not None and not image.indexes:
+        _check_platform(registry, image, options.platform)
     with leased(Client(channel), lease, "pull", keep_on_failure=True) as client:
         _fetch(client, registry, image, progress)
         applied = unpack(client, registry, image, progress)
         record_image(client, name or str(ref), image.target)
     return Imported(name or str(ref), image.target, image.chain_ids, applied)
+
+
+def _check_platform(registry: Registry, image: Resolved, plat: Platform) -> None:
+    """A manifest that no index names a platform for: its config's must fit."""
+    config = parse_json(registry.read_blob(image.config), f"config {image.config.digest}")
+    if not plat.matches(config):
+        raise RegistryError(f"{registry.ref} is one manifest, for "
+                            f"{config.get('os')}/{config.get('architecture')}, not {plat}")
 
 
 def _fetch(client: Client, registry: Registry, image: Resolved,

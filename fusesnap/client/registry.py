@@ -236,7 +236,9 @@ class Registry:
         raise RegistryError(self._describe(resp.status, path, body))
 
     def _describe(self, status: int, path: str, body: bytes) -> str:
-        what = path.replace("manifests/", "manifest ").replace("blobs/", "blob ")
+        kind, _, ref = path.partition("/")
+        what = {"blobs": f"blob {ref}", "manifests": f"manifest {ref}" if ":" in ref
+                else f"tag {ref}"}.get(kind, path)
         try:
             errors = json.loads(body).get("errors") or []
             detail = "; ".join(f"{e.get('code')}: {e.get('message')}" for e in errors)
