@@ -65,7 +65,8 @@ from __future__ import annotations
 import argparse
 import secrets
 import sys
-from typing import Any
+import threading
+from typing import IO, Any, cast
 
 import grpc
 
@@ -194,10 +195,45 @@ def _import(args: argparse.Namespace, channel: grpc.Channel) -> None:
 
 
 
-def _pull(args: argparse.Namespace, channel: grpc.Channel) -> None:
-    def bar(label: str, total: int) -> ProgressBar:
-        return ProgressBar(sys.stderr, label, 0, total)
+class _Lines:
+    """ProgressBars of parallel downloads, one line each, redrawn together."""
 
+    def __init__(self, out: IO[str]) -> None:
+        self.out = out
+        self.texts: list[str] = []
+        self.drawn = 0
+        self.lock = threading.Lock()
+
+    def bar(self, label: str, total: int) -> ProgressBar:
+        with self.lock:
+            self.texts.append("")
+            line = _Line(self, len(self.texts) - 1)
+        return ProgressBar(cast(IO[str], line), label, 0, total)
+
+    def set(self, i: int, text: str) -> None:
+        with self.lock:
+            self.texts[i] = text
+            up = f"\x1b[{self.drawn}A" if self.drawn else ""
+            self.out.write("\r" + up + "".join(f"\x1b[K{t}\n" for t in self.texts))
+            self.out.flush()
+            self.drawn = len(self.texts)
+
+
+class _Line:
+    def __init__(self, lines: _Lines, i: int) -> None:
+        self.lines = lines
+        self.i = i
+
+    def write(self, text: str) -> None:
+        self.lines.set(self.i, text.replace("\r\x1b[K", "").rstrip("\n"))
+
+    def flush(self) -> None:
+        pass
+
+
+def _pull(args: argparse.Namespace, channel: grpc.Channel) -> None:
+    lines = _Lines(sys.stderr)
+    bar = lines.bar
     creds = None
     if args.creds is not None:
         user, sep, password = args.creds.partition(":")
