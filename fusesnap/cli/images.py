@@ -12,6 +12,10 @@
                                               an OCI archive or a docker-archive (tar,
                                               tar.gz, tar.zst; - is standard input):
                                               blobs, snapshots, records
+    fusesnap images pull REF [--name NAME] [--platform OS/ARCH] [--creds USER:PASS]
+                         [--ca FILE] [--plain-http]
+                                              from an OCI distribution registry
+                                              (README, "Registries")
     fusesnap images prepare NAME KEY          prints the directory of a new active
                                               snapshot on the image's top layer
     fusesnap images mount NAME [--key KEY]    prints the directory of a read-only view
