@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from fusesnap.client.registry import Reference, RegistryError, docker_credentials
 from tests import oci, registry_env
 from tests.conftest import Daemon, module_daemon
 from tests.registry_env import Proxy, Registry, TokenServer
@@ -268,3 +269,44 @@ def test_manifest_over_4_mib_refused(cli: Cli, plain: Registry) -> None:
     finally:
         proxy.stop()
     assert "larger than" in err
+
+
+def test_a_layer_twice_in_one_manifest(cli: Cli, plain: Registry, built: oci.Built) -> None:
+    same = oci.Layer([oci.File("twice", b"the same layer\n")])
+    twice = oci.write_archive(oci.Image("t", [same, oci.Layer([oci.File("x", b"x\n")]), same]),
+                              built.path.parent / "twice.tar")
+    registry_env.skopeo_copy(twice.path, plain, "fusesnap/twice:1")
+    out = cli.ok("images", "pull", "--plain-http", f"{plain.host}/fusesnap/twice:1")
+    assert out.split()[1] == twice.manifest
+    mounted = Path(cli.ok("images", "mount", f"{plain.host}/fusesnap/twice:1").strip())
+    assert sorted(p.name for p in mounted.iterdir()) == ["twice", "x"]
+
+
+@pytest.mark.parametrize(("text", "host", "repo", "tag", "digest"), [
+    ("alpine", "docker.io", "library/alpine", "latest", ""),
+    ("user/app:2", "docker.io", "user/app", "2", ""),
+    ("127.0.0.1:5000/a/b", "127.0.0.1:5000", "a/b", "latest", ""),
+    ("localhost/a:1", "localhost", "a", "1", ""),
+    ("example.com/a@sha256:" + "0" * 64, "example.com", "a", "", "sha256:" + "0" * 64),
+])
+def test_reference_parse(text: str, host: str, repo: str, tag: str, digest: str) -> None:
+    assert Reference.parse(text) == Reference(host, repo, tag, digest)
+
+
+@pytest.mark.parametrize("text", ["UPPER/case", "a:b:c", "a@sha256", "a/:1", ""])
+def test_reference_parse_refuses(text: str) -> None:
+    with pytest.raises(RegistryError):
+        Reference.parse(text)
+
+
+def test_docker_config_entries(tmp_path: Path) -> None:
+    config = tmp_path / "config.json"
+    auth = base64.b64encode(b"u:p:with:colons").decode()
+    config.write_text(json.dumps({"auths": {
+        "https://index.docker.io/v1/": {"auth": auth},
+        "http://127.0.0.1:5000": {"username": "a", "password": "b"},
+    }}))
+    assert docker_credentials("docker.io", config) == ("u", "p:with:colons")
+    assert docker_credentials("127.0.0.1:5000", config) == ("a", "b")
+    assert docker_credentials("other.example", config) is None
+    assert docker_credentials("docker.io", tmp_path / "none.json") is None

@@ -103,11 +103,14 @@ def _fetch(client: Client, registry: Registry, image: Resolved,
 
     with concurrent.futures.ThreadPoolExecutor(PARALLEL) as pool:
         futures = []
+        started: set[str] = set()  # a layer twice in a manifest is one ingest
         for desc, labels in walk(registry, image):
             if desc == image.config and image.layers:
                 labels = {**labels, REF_SNAPSHOT: image.chain_ids[-1]}
             if desc in image.layers or desc == image.config:
-                futures.append(pool.submit(store, desc, labels))
+                if desc.digest not in started:
+                    started.add(desc.digest)
+                    futures.append(pool.submit(store, desc, labels))
                 continue
             _wait(futures)
             store(desc, labels)
