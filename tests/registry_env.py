@@ -262,8 +262,13 @@ class Proxy:
     """Blob digest -> bytes after which the connection is dropped."""
     manifests: dict[str, tuple[str, bytes]] = field(default_factory=dict)
     """Path suffix ``REPO/manifests/REF`` -> (media type, body) served instead."""
+    stall: dict[str, int] = field(default_factory=dict)
+    """Blob digest -> bytes after which the response waits for `release`
+    (20 s at most), then drops the connection."""
     ranges: list[tuple[str, str]] = field(default_factory=list)
     """(path, Range header) of every request that had one."""
+    stalled: threading.Event = field(default_factory=threading.Event)
+    release: threading.Event = field(default_factory=threading.Event)
 
     def __post_init__(self) -> None:
         proxy = self
@@ -308,9 +313,12 @@ class Proxy:
                 h.send_header(k, v)
         h.send_header("Content-Length", str(len(body)))
         h.end_headers()
-        if "/blobs/" in h.path and digest in self.cut:
-            h.wfile.write(body[:self.cut[digest]])
+        if "/blobs/" in h.path and (digest in self.cut or digest in self.stall):
+            h.wfile.write(body[:self.cut.get(digest, self.stall.get(digest, 0))])
             h.wfile.flush()
+            if digest in self.stall:
+                self.stalled.set()
+                self.release.wait(20)
             h.close_connection = True
             h.connection.shutdown(socket.SHUT_RDWR)
             return

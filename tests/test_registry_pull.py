@@ -11,8 +11,10 @@ from __future__ import annotations
 import base64
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -310,3 +312,41 @@ def test_docker_config_entries(tmp_path: Path) -> None:
     assert docker_credentials("127.0.0.1:5000", config) == ("a", "b")
     assert docker_credentials("other.example", config) is None
     assert docker_credentials("docker.io", tmp_path / "none.json") is None
+
+
+def test_ctrl_c_stops_a_stalled_pull_at_once(cli: Cli, plain: Registry,
+                                              built: oci.Built) -> None:
+    data = os.urandom(1 << 20)
+    stalled = oci.write_archive(oci.Image("s", [oci.Layer([oci.File("s", data)])]),
+                                built.path.parent / "stall.tar")
+    registry_env.skopeo_copy(stalled.path, plain, "fusesnap/stall:1")
+    layer = stalled.layers[0]
+    proxy = Proxy(plain.host, stall={layer: 400_000})
+    ref = f"{proxy.host}/fusesnap/stall:1"
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "fusesnap", "--socket",
+                                 str(cli.daemon.socket), "images", "pull", "--plain-http", ref],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            assert proxy.stalled.wait(30)
+            time.sleep(0.3)  # the bytes before the stall reach the client
+            began = time.monotonic()
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=15)
+            assert time.monotonic() - began < 5  # not the proxy's 20 s
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=10)
+        assert proc.returncode == 130, proc.stderr.read() if proc.stderr else ""
+        assert "Traceback" not in (proc.stderr.read() if proc.stderr else "")
+        status = cli.json("content", "active", "--json")
+        offsets = {s["ref"]: s["offset"] for s in status}  # type: ignore[union-attr, index]
+        assert offsets.get(f"pull-{layer}", 0) > 0, offsets
+        proxy.stall.clear()
+        proxy.release.set()
+        cli.ok("images", "pull", "--plain-http", ref)
+        assert any(p.endswith(layer) and r != "bytes=0-" for p, r in proxy.ranges)
+    finally:
+        proxy.release.set()
+        proxy.stop()

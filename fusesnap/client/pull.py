@@ -20,6 +20,7 @@ nothing stored already.
 from __future__ import annotations
 
 import concurrent.futures
+import threading
 from dataclasses import dataclass
 
 import grpc
@@ -97,12 +98,15 @@ def _fetch(client: Client, registry: Registry, image: Resolved,
            progress: ProgressFactory | None) -> None:
     """Every blob of `image` into the content store: layers and config in
     parallel, then the documents that name them."""
+    stop = threading.Event()  # set on a failure or Ctrl-C: the downloads end at their next read
+
     def store(desc: ArchiveDescriptor, labels: dict[str, str]) -> None:
-        client.store_blob(desc, lambda offset: registry.open_blob(desc, offset), labels,
+        client.store_blob(desc, lambda offset: registry.open_blob(desc, offset, stop), labels,
                           progress, ref=f"pull-{desc.digest}")
 
-    with concurrent.futures.ThreadPoolExecutor(PARALLEL) as pool:
-        futures = []
+    pool = concurrent.futures.ThreadPoolExecutor(PARALLEL)
+    futures: list[concurrent.futures.Future[None]] = []
+    try:
         started: set[str] = set()  # a layer twice in a manifest is one ingest
         for desc, labels in walk(registry, image):
             if desc == image.config and image.layers:
@@ -115,6 +119,12 @@ def _fetch(client: Client, registry: Registry, image: Resolved,
             _wait(futures)
             store(desc, labels)
         _wait(futures)
+    except BaseException:
+        stop.set()
+        registry.abort()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _wait(futures: list[concurrent.futures.Future[None]]) -> None:

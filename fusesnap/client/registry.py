@@ -24,9 +24,11 @@ import io
 import json
 import os
 import re
+import socket
 import ssl
 import threading
 import urllib.parse
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, cast
@@ -159,6 +161,9 @@ class Registry:
         self._auth: str | None = None
         self._lock = threading.Lock()
         self._documents: dict[str, bytes] = {}
+        self._connections: weakref.WeakKeyDictionary[http.client.HTTPResponse,
+                                                     http.client.HTTPConnection] = \
+            weakref.WeakKeyDictionary()
         self._context: ssl.SSLContext | None = None
         if not plain_http:
             try:
@@ -202,8 +207,22 @@ class Registry:
                 conn.close()
                 headers = {k: v for k, v in headers.items() if k != "Authorization"}
                 continue
+            with self._lock:
+                self._connections[resp] = conn
             return resp
         raise RegistryError(f"{url}: more than {MAX_REDIRECTS} redirects")
+
+    def abort(self) -> None:
+        """Shut down the connection of every response still open: reads
+        blocked in other threads return at once."""
+        with self._lock:
+            conns = list(self._connections.values())
+        for conn in conns:
+            try:
+                if conn.sock is not None:
+                    conn.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     def _url(self, path: str) -> str:
         scheme = "http" if self.plain_http else "https"
@@ -348,9 +367,11 @@ class Registry:
         with self._lock:
             return digest in self._documents
 
-    def open_blob(self, desc: ArchiveDescriptor, offset: int = 0) -> IO[bytes]:
+    def open_blob(self, desc: ArchiveDescriptor, offset: int = 0,
+                  stop: threading.Event | None = None) -> IO[bytes]:
         """A stream of the blob's bytes from `offset` (a Range request; a
-        registry that ignores it has the first bytes skipped)."""
+        registry that ignores it has the first bytes skipped); once `stop` is
+        set, its next read raises RegistryError."""
         with self._lock:
             data = self._documents.get(desc.digest)
         if data is not None:
@@ -365,24 +386,32 @@ class Registry:
                     resp.close()
                     raise RegistryError(f"blob {desc.digest}: shorter than {offset} bytes")
                 left -= len(chunk)
-        return cast(IO[bytes], _Body(resp, desc.digest, desc.size - offset))
+        return cast(IO[bytes], _Body(resp, desc.digest, desc.size - offset, stop))
 
 
 class _Body:
     """A blob's response whose failures, an early end included, are RegistryErrors."""
 
-    def __init__(self, resp: http.client.HTTPResponse, digest: str, left: int) -> None:
+    def __init__(self, resp: http.client.HTTPResponse, digest: str, left: int,
+                 stop: threading.Event | None) -> None:
         self.resp = resp
         self.digest = digest
         self.left = left
+        self.stop = stop
 
     def read(self, n: int = -1) -> bytes:
+        if self.stop is not None and self.stop.is_set():
+            raise RegistryError(f"blob {self.digest}: download stopped")
         try:
             data = self.resp.read(n)
         except (OSError, http.client.HTTPException) as e:
+            if self.stop is not None and self.stop.is_set():
+                raise RegistryError(f"blob {self.digest}: download stopped") from None
             raise RegistryError(f"blob {self.digest}: the download broke off "
                                 f"({type(e).__name__}: {e})") from None
         self.left -= len(data)
+        if not data and self.left > 0 and self.stop is not None and self.stop.is_set():
+            raise RegistryError(f"blob {self.digest}: download stopped")
         if not data and self.left > 0:
             raise RegistryError(f"blob {self.digest}: the download broke off "
                                 f"{self.left} bytes before its end")
