@@ -101,8 +101,15 @@ def _fetch(client: Client, registry: Registry, image: Resolved,
     stop = threading.Event()  # set on a failure or Ctrl-C: the downloads end at their next read
 
     def store(desc: ArchiveDescriptor, labels: dict[str, str]) -> None:
-        client.store_blob(desc, lambda offset: registry.open_blob(desc, offset, stop), labels,
-                          progress, ref=f"pull-{desc.digest}")
+        try:
+            client.store_blob(desc, lambda offset: registry.open_blob(desc, offset, stop),
+                              labels, progress, ref=f"pull-{desc.digest}")
+        except grpc.RpcError as err:
+            if not isinstance(err, grpc.Call) or \
+                    err.code() != grpc.StatusCode.FAILED_PRECONDITION:
+                raise
+            raise RegistryError(f"blob {desc.digest} from {registry.ref.api_host} does not "
+                                f"match its digest or size, refused ({err.details()})") from None
 
     pool = concurrent.futures.ThreadPoolExecutor(PARALLEL)
     futures: list[concurrent.futures.Future[None]] = []
