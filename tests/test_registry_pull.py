@@ -350,3 +350,42 @@ def test_ctrl_c_stops_a_stalled_pull_at_once(cli: Cli, plain: Registry,
     finally:
         proxy.release.set()
         proxy.stop()
+
+
+def test_two_pulls_of_one_image_at_once(cli: Cli, plain: Registry, built: oci.Built) -> None:
+    data = os.urandom(3 << 20)
+    shared = oci.write_archive(oci.Image("c", [oci.Layer([oci.File("c", data)])]),
+                               built.path.parent / "concurrent.tar")
+    registry_env.skopeo_copy(shared.path, plain, "fusesnap/concurrent:1")
+    layer = shared.layers[0]
+    proxy = Proxy(plain.host, stall={layer: 1_500_000})  # the first MiB reaches the ingest
+    ref = f"{proxy.host}/fusesnap/concurrent:1"
+    command = [sys.executable, "-m", "fusesnap", "--socket", str(cli.daemon.socket),
+               "images", "pull", "--plain-http"]
+    procs: list[subprocess.Popen[str]] = []
+    try:
+        procs.append(subprocess.Popen([*command, "--name", "first", ref], text=True,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+        assert proxy.stalled.wait(30)  # the first holds the layer's ingest
+        proxy.stall.clear()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and f"pull-{layer}" not in cli.ok(
+                "content", "active", "-q").split():
+            time.sleep(0.05)
+        procs.append(subprocess.Popen([*command, "--name", "second", ref], text=True,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+        time.sleep(1)  # the second waits for the ingest the first holds
+        assert procs[1].poll() is None
+        proxy.release.set()  # the first's download breaks off; it fails or resumes
+        outs = [p.communicate(timeout=60) for p in procs]
+    finally:
+        proxy.release.set()
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait(timeout=10)
+        proxy.stop()
+    assert procs[1].returncode == 0, outs[1]
+    assert outs[1][0] == f"second {shared.manifest}\n"
+    mounted = Path(cli.ok("images", "mount", "second").strip())
+    assert (mounted / "c").read_bytes() == data

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import threading
+import time
 from dataclasses import dataclass
 
 import grpc
@@ -46,6 +47,8 @@ from fusesnap.client.registry import Reference, Registry, RegistryError, docker_
 
 PARALLEL = 4
 """Blobs downloaded at once."""
+LOCKED_WAIT = 3600.0
+"""Seconds a download waits for another pull that holds the same blob's ingest."""
 
 
 @dataclass
@@ -101,15 +104,26 @@ def _fetch(client: Client, registry: Registry, image: Resolved,
     stop = threading.Event()  # set on a failure or Ctrl-C: the downloads end at their next read
 
     def store(desc: ArchiveDescriptor, labels: dict[str, str]) -> None:
-        try:
-            client.store_blob(desc, lambda offset: registry.open_blob(desc, offset, stop),
-                              labels, progress, ref=f"pull-{desc.digest}")
-        except grpc.RpcError as err:
-            if not isinstance(err, grpc.Call) or \
-                    err.code() != grpc.StatusCode.FAILED_PRECONDITION:
-                raise
-            raise RegistryError(f"blob {desc.digest} from {registry.ref.api_host} does not "
-                                f"match its digest or size, refused ({err.details()})") from None
+        deadline = time.monotonic() + LOCKED_WAIT
+        while True:
+            try:
+                client.store_blob(desc, lambda offset: registry.open_blob(desc, offset, stop),
+                                  labels, progress, ref=f"pull-{desc.digest}")
+                return
+            except grpc.RpcError as err:
+                code = err.code() if isinstance(err, grpc.Call) else None
+                details = err.details() if isinstance(err, grpc.Call) else ""
+                if code == grpc.StatusCode.FAILED_PRECONDITION:
+                    raise RegistryError(f"blob {desc.digest} from {registry.ref.api_host} "
+                                        f"does not match its digest or size, refused "
+                                        f"({details})") from None
+                # Another pull downloads this blob now: wait for it, then
+                # find it stored (or its ingest free to resume).
+                if code != grpc.StatusCode.UNAVAILABLE or "locked" not in (details or "") \
+                        or time.monotonic() > deadline:
+                    raise
+            if stop.wait(0.5):
+                raise RegistryError(f"blob {desc.digest}: download stopped")
 
     pool = concurrent.futures.ThreadPoolExecutor(PARALLEL)
     futures: list[concurrent.futures.Future[None]] = []
