@@ -226,9 +226,12 @@ def start_registry(directory: Path, *, ca: Ca | None = None,
     raise RuntimeError("docker-registry did not listen within 20 s")
 
 
-def skopeo_copy(archive: Path, registry: Registry, repo_tag: str) -> None:
-    """`skopeo copy oci-archive:ARCHIVE docker://HOST/REPO:TAG`."""
+def skopeo_copy(archive: Path, registry: Registry, repo_tag: str, fmt: str = "") -> None:
+    """`skopeo copy oci-archive:ARCHIVE docker://HOST/REPO:TAG` (`fmt` v2s2:
+    converted to Docker v2 schema 2 media types)."""
     cmd = ["skopeo", "copy", "--quiet", "--dest-tls-verify=false"]
+    if fmt:
+        cmd.append(f"--format={fmt}")
     if registry.creds:
         cmd.append(f"--dest-creds={registry.creds[0]}:{registry.creds[1]}")
     cmd += [f"oci-archive:{archive}", f"docker://{registry.host}/{repo_tag}"]

@@ -389,3 +389,31 @@ def test_two_pulls_of_one_image_at_once(cli: Cli, plain: Registry, built: oci.Bu
     assert outs[1][0] == f"second {shared.manifest}\n"
     mounted = Path(cli.ok("images", "mount", "second").strip())
     assert (mounted / "c").read_bytes() == data
+
+
+def test_docker_v2_media_types(cli: Cli, plain: Registry, built: oci.Built) -> None:
+    gzipped = oci.write_archive(oci.Image("d", [
+        oci.Layer([oci.Dir("s"), oci.File("s/a", b"first layer\n")]),
+        oci.Layer([oci.File("s/b", b"second layer\n", 0o600)])]),
+        built.path.parent / "docker.tar")  # skopeo makes no Docker image of zstd layers
+    registry_env.skopeo_copy(gzipped.path, plain, "fusesnap/docker:1", fmt="v2s2")
+    info = cli.json("images", "pull", "--plain-http", "--json", "--name", "docker/small:1",
+                    f"{plain.host}/fusesnap/docker:1")
+    docker_manifest = "application/vnd.docker.distribution.manifest.v2+json"
+    assert info["media_type"] == docker_manifest  # type: ignore[index]
+    cli.ok("images", "import", str(gzipped.path), "--name", "docker/imported:1")
+    expected = tree_of(cli, "docker/imported:1")
+    assert tree_of(cli, "docker/small:1") == expected
+    digest = info["digest"]  # type: ignore[index]
+    size = cli.json("content", "info", digest, "--json")["size"]  # type: ignore[index]
+    manifest_list = json.dumps({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.docker.distribution.manifest.list.v2+json",
+        "manifests": [{"mediaType": docker_manifest, "digest": digest, "size": size,
+                       "platform": oci.host_platform()}]}).encode()
+    registry_env.put_manifest(plain, "fusesnap/docker", "list", manifest_list,
+                              "application/vnd.docker.distribution.manifest.list.v2+json")
+    out = cli.ok("images", "pull", "--plain-http", "--name", "docker/list:1",
+                 f"{plain.host}/fusesnap/docker:list")
+    assert out == f"docker/list:1 {oci.digest(manifest_list)}\n"
+    assert tree_of(cli, "docker/list:1") == expected
