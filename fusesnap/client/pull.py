@@ -105,6 +105,7 @@ def _fetch(client: Client, registry: Registry, image: Resolved,
 
     def store(desc: ArchiveDescriptor, labels: dict[str, str]) -> None:
         deadline = time.monotonic() + LOCKED_WAIT
+        moved = 0  # times the ingest moved under us; a few at most
         while True:
             try:
                 client.store_blob(desc, lambda offset: registry.open_blob(desc, offset, stop),
@@ -117,9 +118,12 @@ def _fetch(client: Client, registry: Registry, image: Resolved,
                     raise RegistryError(f"blob {desc.digest} from {registry.ref.api_host} "
                                         f"does not match its digest or size, refused "
                                         f"({details})") from None
-                # Another pull downloads this blob now: wait for it, then
-                # find it stored (or its ingest free to resume).
-                if code != grpc.StatusCode.UNAVAILABLE or "locked" not in (details or "") \
+                # Another pull downloads this blob now (the ingest is locked,
+                # or it moved on between our Status and Write): wait, then
+                # find the blob stored or the ingest free to resume.
+                busy = code == grpc.StatusCode.UNAVAILABLE and "locked" in (details or "")
+                moved += code == grpc.StatusCode.OUT_OF_RANGE
+                if not (busy or code == grpc.StatusCode.OUT_OF_RANGE) or moved > 5 \
                         or time.monotonic() > deadline:
                     raise
             if stop.wait(0.5):
