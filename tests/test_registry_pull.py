@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +22,10 @@ from pathlib import Path
 import pytest
 
 from fusesnap.client.registry import Reference, RegistryError, docker_credentials
+from fusesnap.pb import content_pb2 as cpb
+from fusesnap.pb import leases_pb2 as lpb
+from fusesnap.pb.content_pb2_grpc import ContentStub
+from fusesnap.pb.leases_pb2_grpc import LeasesStub
 from tests import oci, registry_env
 from tests.conftest import Daemon, module_daemon
 from tests.registry_env import Proxy, Registry, TokenServer
@@ -417,3 +422,33 @@ def test_docker_v2_media_types(cli: Cli, plain: Registry, built: oci.Built) -> N
                  f"{plain.host}/fusesnap/docker:list")
     assert out == f"docker/list:1 {oci.digest(manifest_list)}\n"
     assert tree_of(cli, "docker/list:1") == expected
+
+
+def test_an_ingest_with_every_byte_is_committed_without_a_request(
+        cli: Cli, plain: Registry, built: oci.Built) -> None:
+    data = os.urandom(200_000)
+    whole = oci.write_archive(oci.Image("w", [oci.Layer([oci.File("w", data)])]),
+                              built.path.parent / "whole.tar")
+    registry_env.skopeo_copy(whole.path, plain, "fusesnap/whole:1")
+    layer = whole.layers[0]
+    with tarfile.open(whole.path) as tar:
+        member = tar.extractfile(f"blobs/sha256/{layer.removeprefix('sha256:')}")
+        assert member is not None
+        blob = member.read()
+    stub = ContentStub(cli.daemon.channel)
+    lease = "test-whole-ingest"
+    ns = [("containerd-namespace", "default")]
+    LeasesStub(cli.daemon.channel).Create(lpb.CreateRequest(id=lease), metadata=ns)
+    list(stub.Write(iter([cpb.WriteContentRequest(action=cpb.WRITE, ref=f"pull-{layer}",
+                                                  offset=0, data=blob, total=len(blob),
+                                                  expected=layer)]),
+                    metadata=[*ns, ("containerd-lease", lease)]))
+    proxy = Proxy(plain.host)
+    try:
+        cli.ok("images", "pull", "--plain-http", f"{proxy.host}/fusesnap/whole:1")
+        assert not [p for p, _ in proxy.ranges if p.endswith(layer)]
+    finally:
+        proxy.stop()
+        LeasesStub(cli.daemon.channel).Delete(lpb.DeleteRequest(id=lease), metadata=ns)
+    mounted = Path(cli.ok("images", "mount", f"{proxy.host}/fusesnap/whole:1").strip())
+    assert (mounted / "w").read_bytes() == data
