@@ -452,3 +452,20 @@ def test_an_ingest_with_every_byte_is_committed_without_a_request(
         LeasesStub(cli.daemon.channel).Delete(lpb.DeleteRequest(id=lease), metadata=ns)
     mounted = Path(cli.ok("images", "mount", f"{proxy.host}/fusesnap/whole:1").strip())
     assert (mounted / "w").read_bytes() == data
+
+
+def test_a_failed_blob_stops_the_other_downloads(cli: Cli, plain: Registry,
+                                                 built: oci.Built) -> None:
+    slow = oci.write_archive(oci.Image("f", [
+        oci.Layer([oci.File("big", os.urandom(2 << 20))]),
+        oci.Layer([oci.File("small", b"small\n")])]), built.path.parent / "fail.tar")
+    registry_env.skopeo_copy(slow.path, plain, "fusesnap/fail:1")
+    proxy = Proxy(plain.host, stall={slow.layers[0]: 100_000}, corrupt={slow.layers[1]})
+    try:
+        began = time.monotonic()
+        err = cli.fails("images", "pull", "--plain-http", f"{proxy.host}/fusesnap/fail:1")
+        assert time.monotonic() - began < 10  # not the stalled download's 20 s
+    finally:
+        proxy.release.set()
+        proxy.stop()
+    assert "does not match its digest" in err

@@ -72,9 +72,9 @@ def pull_image(channel: grpc.Channel, reference: str, *, name: str | None = None
                progress: ProgressFactory | None = None) -> Imported:
     """Pull `reference` (see the module docstring) and record it as `name`
     (default: the normalized reference, e.g. ``docker.io/library/alpine:3``).
-    Raises RegistryError, ArchiveError (an invalid document), LayerError or
-    grpc.RpcError (e.g. DATA_LOSS-like failures of a blob whose bytes do not
-    match its digest)."""
+    Raises RegistryError (the registry refused or failed, a blob that does
+    not match its digest), ArchiveError (an invalid document), LayerError or
+    grpc.RpcError."""
     options = options or PullOptions()
     ref = Reference.parse(reference)
     creds = options.creds if options.creds is not None else docker_credentials(ref.host)
@@ -153,15 +153,14 @@ def _fetch(client: Client, registry: Registry, image: Resolved,
 
 
 def _wait(futures: list[concurrent.futures.Future[None]]) -> None:
-    """Wait for all; raise the first failure (the others are waited for too,
-    so that no download still runs when the pull reports)."""
+    """Wait for all; on the first failure raise it at once (the caller stops
+    the other downloads rather than waiting for them to finish)."""
     done, _ = concurrent.futures.wait(futures, return_when=concurrent.futures.FIRST_EXCEPTION)
-    if any(f.exception() is not None for f in done):
-        for f in futures:
-            f.cancel()
-    concurrent.futures.wait(futures)
     for f in futures:
-        f.result()
+        if f in done and f.exception() is not None:
+            for other in futures:
+                other.cancel()
+            f.result()
 
 
 __all__ = ["PullOptions", "parse_platform", "pull_image"]
