@@ -64,10 +64,12 @@ run_packages=(fuse3 libfuse3-dev pkg-config gcc patch python3 python3-dev python
 # fuse-overlayfs and fio for the benchmarks; shellcheck for the scripts' check;
 # systemd for `systemd-analyze verify` of the units (systemd/); make for the VM,
 # whose box has none; rootlesskit and slirp4netns (its network where /dev/net/tun
-# is usable) for scripts/rootless-containerd.
+# is usable) for scripts/rootless-containerd; docker-registry (the distribution
+# registry 2.8), skopeo (to fill it) and apache2-utils (htpasswd -B) for the
+# `images pull` tests (tests/registry_env.py).
 test_packages=(make attr golang-github-containerd-containerd-dev containerd
                runc umoci busybox-static zstd fuse-overlayfs fio shellcheck systemd
-               rootlesskit slirp4netns)
+               rootlesskit slirp4netns docker-registry skopeo apache2-utils)
 packages=("${run_packages[@]}")
 if [ "$run_only" -eq 0 ]; then packages+=("${test_packages[@]}"); fi
 

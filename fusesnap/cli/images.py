@@ -12,6 +12,10 @@
                                               an OCI archive or a docker-archive (tar,
                                               tar.gz, tar.zst; - is standard input):
                                               blobs, snapshots, records
+    fusesnap images pull REF [--name NAME] [--platform OS/ARCH] [--creds USER:PASS]
+                         [--ca FILE] [--plain-http]
+                                              from an OCI distribution registry
+                                              (README, "Registries")
     fusesnap images prepare NAME KEY          prints the directory of a new active
                                               snapshot on the image's top layer
     fusesnap images mount NAME [--key KEY]    prints the directory of a read-only view
@@ -76,7 +80,8 @@ from __future__ import annotations
 import argparse
 import secrets
 import sys
-from typing import Any
+import threading
+from typing import IO, Any, cast
 
 import grpc
 
@@ -95,6 +100,8 @@ from fusesnap.client.importer import (
     import_archive,
     top_chain_id,
 )
+from fusesnap.client.pull import PullOptions, parse_platform, pull_image
+from fusesnap.client.registry import RegistryError
 from fusesnap.pb import descriptor_pb2
 from fusesnap.pb import images_pb2 as ipb
 from fusesnap.pb import snapshots_pb2 as spb
@@ -202,6 +209,70 @@ def _import(args: argparse.Namespace, channel: grpc.Channel) -> None:
         for i in done:
             print(f"{i.name} {i.target.digest}")
 
+
+
+class _Lines:
+    """ProgressBars of parallel downloads, one line each, redrawn together."""
+
+    def __init__(self, out: IO[str]) -> None:
+        self.out = out
+        self.texts: list[str] = []
+        self.drawn = 0
+        self.lock = threading.Lock()
+
+    def bar(self, label: str, total: int) -> ProgressBar:
+        with self.lock:
+            self.texts.append("")
+            line = _Line(self, len(self.texts) - 1)
+        return ProgressBar(cast(IO[str], line), label, 0, total)
+
+    def set(self, i: int, text: str) -> None:
+        with self.lock:
+            self.texts[i] = text
+            up = f"\x1b[{self.drawn}A" if self.drawn else ""
+            self.out.write("\r" + up + "".join(f"\x1b[K{t}\n" for t in self.texts))
+            self.out.flush()
+            self.drawn = len(self.texts)
+
+
+class _Line:
+    def __init__(self, lines: _Lines, i: int) -> None:
+        self.lines = lines
+        self.i = i
+
+    def write(self, text: str) -> None:
+        self.lines.set(self.i, text.replace("\r\x1b[K", "").rstrip("\n"))
+
+    def flush(self) -> None:
+        pass
+
+
+def _pull(args: argparse.Namespace, channel: grpc.Channel) -> None:
+    lines = _Lines(sys.stderr)
+    bar = lines.bar
+    creds = None
+    if args.creds is not None:
+        user, sep, password = args.creds.partition(":")
+        if not sep or not user:
+            raise common.CommandError("--creds: expected USER:PASSWORD")
+        creds = (user, password)
+    try:
+        options = PullOptions(platform=parse_platform(args.platform) if args.platform else None,
+                              creds=creds, ca=args.ca, plain_http=args.plain_http)
+        done = pull_image(channel, args.reference, name=args.name, options=options,
+                          lease=args.lease, progress=bar if sys.stderr.isatty() else None)
+    except (RegistryError, ArchiveError, LayerError, ImportFailed) as err:
+        raise common.CommandError(f"pull {args.reference}: {err}") from err
+    except grpc.RpcError as err:
+        if common.is_connect_failure(err):
+            raise
+        raise common.CommandError(f"pull {args.reference}: {common.describe(err)}") from err
+    if args.json:
+        common.print_json({"name": done.name, "digest": done.target.digest,
+                           "media_type": done.target.media_type, "chain_ids": done.chain_ids,
+                           "applied": done.applied})
+    else:
+        print(f"{done.name} {done.target.digest}")
 
 
 def _on_image(args: argparse.Namespace, channel: grpc.Channel, key: str, view: bool) -> None:
@@ -343,6 +414,24 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                         "org.opencontainers.image.ref.name annotation, or a "
                         "docker-archive's RepoTags)")
     on_channel(p, _import)
+
+    p = command("pull", _pull, "pull an image from an OCI distribution registry (v2 API) "
+                "and unpack its layers into snapshots", json=True)
+    p.add_argument("reference", metavar="REF",
+                   help="the image: [HOST[:PORT]/]REPOSITORY[:TAG][@DIGEST] (no host: "
+                        "docker.io)")
+    p.add_argument("--name", default=None, metavar="NAME",
+                   help="image name (default: the normalized REF)")
+    p.add_argument("--platform", default=None, metavar="OS/ARCH[/VARIANT]",
+                   help="the manifest to pick from an index (default: this machine's)")
+    p.add_argument("--creds", default=None, metavar="USER:PASSWORD",
+                   help="registry credentials (default: the Docker config file's, "
+                        "$DOCKER_CONFIG/config.json or ~/.docker/config.json)")
+    p.add_argument("--ca", default=None, metavar="FILE",
+                   help="a PEM file of CA certificates to trust for the registry's TLS")
+    p.add_argument("--plain-http", action="store_true",
+                   help="talk plain HTTP to the registry, not HTTPS")
+    on_channel(p, _pull)
 
     p = command("prepare", _prepare, "create an active snapshot on an image's top layer "
                 "and print its directory", json=True)

@@ -32,6 +32,7 @@ from fusesnap.client.archive import (
     Archive,
     ArchiveDescriptor,
     ArchiveError,
+    BlobSource,
     Resolved,
     local_archive,
     resolve,
@@ -114,6 +115,16 @@ class Client:
                  labels: dict[str, str], progress: ProgressFactory | None = None) -> bool:
         """Store a blob with `labels` unless it is there (then add the labels it
         lacks); joins the lease either way. Returns whether bytes were sent."""
+        return self.store_blob(desc, lambda _offset: open_data(), labels, progress)
+
+    def store_blob(self, desc: ArchiveDescriptor, open_from: Callable[[int], IO[bytes]],
+                   labels: dict[str, str], progress: ProgressFactory | None = None,
+                   ref: str | None = None) -> bool:
+        """:meth:`put_blob` from ``open_from(offset)``, the blob's bytes from
+        `offset` on. Without `ref` the ingest is ``import-DIGEST``, restarted
+        from 0; with `ref`, an ingest of that name an earlier attempt left
+        resumes at its offset (an ingest whose bytes do not commit to the
+        digest is aborted, so that the next attempt starts afresh)."""
         try:
             info = self.content.Info(cpb.InfoRequest(digest=desc.digest),
                                      metadata=self.metadata).info
@@ -123,28 +134,67 @@ class Client:
         else:
             self._relabel(desc.digest, dict(info.labels), labels)
             return False
-        bar = progress(f"upload {short(desc.digest)}", desc.size) if progress else None
-        with open_data() as data:
+        offset = self._ingest_offset(ref, desc.size) if ref else 0
+        bar = progress(f"{'fetch' if ref else 'upload'} {short(desc.digest)}", desc.size) \
+            if progress else None
+        broke: list[BaseException] = []
+        with open_from(offset) as data:
             try:
-                for _ in self.content.Write(self._writes(desc, data, labels, bar),
-                                            metadata=self.metadata):
+                for _ in self.content.Write(
+                        self._writes(desc, data, labels, bar, ref or f"import-{desc.digest}",
+                                     offset, broke), metadata=self.metadata):
                     pass
             except grpc.RpcError as err:
-                if _code(err) != grpc.StatusCode.ALREADY_EXISTS:
-                    raise
-                self._relabel(desc.digest, {}, labels)
-                return False
+                if broke:
+                    raise broke[0] from None
+                if _code(err) == grpc.StatusCode.ALREADY_EXISTS:
+                    self._relabel(desc.digest, {}, labels)
+                    return False
+                if ref and _code(err) in (grpc.StatusCode.FAILED_PRECONDITION,
+                                          grpc.StatusCode.INVALID_ARGUMENT):
+                    self._abort(ref)
+                raise
+        if broke:
+            raise broke[0]
         if bar is not None:
             bar.update(desc.size, final=True)
         return True
 
+    def _ingest_offset(self, ref: str, size: int) -> int:
+        try:
+            status = self.content.Status(cpb.StatusRequest(ref=ref),
+                                         metadata=self.metadata).status
+        except grpc.RpcError as err:
+            if _code(err) != grpc.StatusCode.NOT_FOUND:
+                raise
+            return 0
+        if status.offset > size:
+            self._abort(ref)
+            return 0
+        return int(status.offset)
+
+    def _abort(self, ref: str) -> None:
+        try:
+            self.content.Abort(cpb.AbortRequest(ref=ref), metadata=self.metadata)
+        except grpc.RpcError as err:
+            if _code(err) != grpc.StatusCode.NOT_FOUND:
+                raise
+
     def _writes(self, desc: ArchiveDescriptor, data: IO[bytes], labels: dict[str, str],
-                bar: Progress | None) -> Iterator[cpb.WriteContentRequest]:
+                bar: Progress | None, ref: str, offset: int,
+                broke: list[BaseException]) -> Iterator[cpb.WriteContentRequest]:
         # WRITE at offset 0 restarts an ingest an earlier import left behind.
-        ref = f"import-{desc.digest}"
-        offset = 0
+        # A source that fails ends the stream without a commit (the ingest
+        # keeps what it has); the failure is kept in `broke` for the caller.
         first = True
-        while chunk := data.read(CHUNK):
+        while True:
+            try:
+                chunk = data.read(CHUNK)
+            except Exception as e:  # noqa: BLE001 (raised again by store_blob)
+                broke.append(e)
+                return
+            if not chunk:
+                break
             yield cpb.WriteContentRequest(action=cpb.WRITE, ref=ref if first else "",
                                           offset=offset, data=chunk, total=desc.size,
                                           expected=desc.digest)
@@ -224,7 +274,7 @@ class Imported:
     """Chain IDs this import applied; the others existed already."""
 
 
-def unpack(client: Client, archive: Archive, image: Resolved,
+def unpack(client: Client, archive: BlobSource, image: Resolved,
            progress: ProgressFactory | None = None) -> list[str]:
     """Make the snapshot chain of `image`; returns the chain IDs it applied."""
     applied: list[str] = []
@@ -346,9 +396,12 @@ def import_archive(channel: grpc.Channel, path: str | os.PathLike[str], *,
 
 
 @contextmanager
-def leased(client: Client, lease: str | None, purpose: str) -> Iterator[Client]:
+def leased(client: Client, lease: str | None, purpose: str,
+           keep_on_failure: bool = False) -> Iterator[Client]:
     """`client` under `lease` (the channel carries it already), or under a new
-    lease of its own that expires in 24 h and is deleted on the way out."""
+    lease of its own that expires in 24 h and is deleted on the way out (with
+    `keep_on_failure`, only on success: what a failed attempt stored, its
+    ingests included, stays until the lease expires, for the next attempt)."""
     if lease is not None:
         client.lease = lease
         yield client
@@ -358,11 +411,13 @@ def leased(client: Client, lease: str | None, purpose: str) -> Iterator[Client]:
     expire = datetime.datetime.now(datetime.UTC) + LEASE_TTL
     client.leases.Create(lpb.CreateRequest(id=client.lease, labels={
         EXPIRE_LABEL: expire.isoformat(timespec="seconds").replace("+00:00", "Z")}))
+    ok = False
     try:
         yield client
+        ok = True
     finally:
-        client.leases.Delete(lpb.DeleteRequest(id=client.lease))
-
+        if ok or not keep_on_failure:
+            client.leases.Delete(lpb.DeleteRequest(id=client.lease))
 
 
 def _import(client: Client, archive: Archive, plan: list[tuple[str, Resolved]],

@@ -1,0 +1,332 @@
+"""Real OCI distribution registries for the pull tests (issue 20): Debian's
+``docker-registry`` (distribution 2.8) on 127.0.0.1, each with a
+configuration and a storage directory of its own, stopped by its PID.
+
+- :func:`start_registry` with no auth on plain HTTP, or with ``htpasswd``
+  basic auth and TLS from a test CA (:func:`make_ca`), or with ``token`` auth
+  answered by :class:`TokenServer` (a small JWT issuer written here, RS256
+  signed with ``openssl``, its certificate in the registry's
+  ``rootcertbundle`` and in each token's ``x5c`` header).
+- :func:`skopeo_copy` fills one from an OCI archive that tests/oci.py wrote.
+- :class:`Proxy` sits in front of a plain-HTTP registry to corrupt one blob,
+  cut one off after some bytes, or serve a manifest of its own; it records
+  the Range headers it saw.
+
+Nothing here talks to anything but 127.0.0.1; every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import http.client
+import http.server
+import json
+import shutil
+import socket
+import ssl
+import subprocess
+import threading
+import time
+import urllib.parse
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REGISTRY = "/usr/bin/docker-registry"
+NEEDED = {REGISTRY: "docker-registry", "skopeo": "skopeo", "htpasswd": "apache2-utils",
+          "openssl": "openssl"}
+SERVICE = "fusesnap-test-registry"
+ISSUER = "fusesnap-test-issuer"
+
+
+def missing() -> str:
+    """What is not installed, as a skip reason ("" if all is there)."""
+    gone = sorted({pkg for cmd, pkg in NEEDED.items() if not shutil.which(cmd)})
+    return f"needs Debian's {', '.join(gone)} (make setup)" if gone else ""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _openssl(*args: str) -> None:
+    subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
+
+
+@dataclass
+class Ca:
+    cert: Path
+    server_cert: Path
+    server_key: Path
+
+
+def make_ca(directory: Path) -> Ca:
+    """A test CA and a certificate it signed for 127.0.0.1."""
+    directory.mkdir(parents=True, exist_ok=True)
+    ca_key, ca_cert = directory / "ca.key", directory / "ca.pem"
+    key, csr, cert = directory / "server.key", directory / "server.csr", directory / "server.pem"
+    ext = directory / "san.ext"
+    ext.write_text("subjectAltName=IP:127.0.0.1\n")
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(ca_key),
+             "-out", str(ca_cert), "-days", "2", "-subj", "/CN=fusesnap test CA")
+    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(csr),
+             "-subj", "/CN=127.0.0.1")
+    _openssl("x509", "-req", "-in", str(csr), "-CA", str(ca_cert), "-CAkey", str(ca_key),
+             "-CAcreateserial", "-out", str(cert), "-days", "2", "-extfile", str(ext))
+    return Ca(ca_cert, cert, key)
+
+
+# ---------------------------------------------------------------------- token server
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+class TokenServer:
+    """A bearer-token issuer on 127.0.0.1 (the distribution token flow): GET
+    /token?service=…&scope=repository:NAME:pull with HTTP basic credentials
+    ``user``/``password`` (or none, for anonymous pull when `anonymous_pull`)
+    returns ``{"token": JWT}``; wrong credentials get 401."""
+
+    def __init__(self, directory: Path, user: str, password: str) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.key, self.cert = directory / "token.key", directory / "token.pem"
+        _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(self.key),
+                 "-out", str(self.cert), "-days", "2", "-subj", "/CN=fusesnap token issuer")
+        der = ssl.PEM_cert_to_DER_cert(self.cert.read_text())
+        self.x5c = base64.b64encode(der).decode()
+        self.user, self.password = user, password
+        self.requests: list[str] = []
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+                server.requests.append(self.path)
+                query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
+                auth = self.headers.get("Authorization", "")
+                good = "Basic " + base64.b64encode(
+                    f"{server.user}:{server.password}".encode()).decode()
+                if auth != good:
+                    self.send_response(401)
+                    self.end_headers()
+                    return
+                access = []
+                for scope in query.get("scope", []):
+                    kind, _, rest = scope.partition(":")
+                    name, _, actions = rest.rpartition(":")
+                    access.append({"type": kind, "name": name,
+                                   "actions": actions.split(",")})
+                body = json.dumps({"token": server.token(access)}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.httpd.server_address[1]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def realm(self) -> str:
+        return f"http://127.0.0.1:{self.port}/token"
+
+    def token(self, access: list[dict[str, Any]]) -> str:
+        now = int(time.time())
+        header = {"alg": "RS256", "typ": "JWT", "x5c": [self.x5c]}
+        claims = {"iss": ISSUER, "sub": self.user, "aud": SERVICE, "exp": now + 600,
+                  "nbf": now - 60, "iat": now, "jti": hashlib.sha256(
+                      f"{now}{time.monotonic_ns()}".encode()).hexdigest()[:16],
+                  "access": access}
+        signing = f"{_b64url(json.dumps(header).encode())}.{_b64url(json.dumps(claims).encode())}"
+        sig = subprocess.run(["openssl", "dgst", "-sha256", "-sign", str(self.key)],
+                             input=signing.encode(), capture_output=True, check=True,
+                             timeout=30).stdout
+        return f"{signing}.{_b64url(sig)}"
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+# ---------------------------------------------------------------------- registries
+
+
+@dataclass
+class Registry:
+    host: str
+    directory: Path
+    process: subprocess.Popen[bytes]
+    tls: bool
+    creds: tuple[str, str] | None = None
+    token: TokenServer | None = None
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        if self.token is not None:
+            self.token.stop()
+
+
+def start_registry(directory: Path, *, ca: Ca | None = None,
+                   creds: tuple[str, str] | None = None,
+                   token: TokenServer | None = None) -> Registry:
+    """docker-registry on 127.0.0.1 with storage in `directory`: TLS if `ca`,
+    htpasswd auth if `creds` (without `token`), token auth if `token`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    config: list[str] = [
+        "version: 0.1",
+        "log:", "  level: error", "  accesslog:", "    disabled: true",
+        "storage:", "  filesystem:", f"    rootdirectory: {directory / 'storage'}",
+        "  delete:", "    enabled: true",
+        "http:", f"  addr: 127.0.0.1:{port}",
+    ]
+    if ca is not None:
+        config += ["  tls:", f"    certificate: {ca.server_cert}", f"    key: {ca.server_key}"]
+    if token is not None:
+        config += ["auth:", "  token:", f"    realm: {token.realm}", f"    service: {SERVICE}",
+                   f"    issuer: {ISSUER}", f"    rootcertbundle: {token.cert}"]
+    elif creds is not None:
+        htpasswd = subprocess.run(["htpasswd", "-Bbn", *creds], capture_output=True,
+                                  text=True, check=True, timeout=60).stdout
+        (directory / "htpasswd").write_text(htpasswd)
+        config += ["auth:", "  htpasswd:", "    realm: fusesnap-test",
+                   f"    path: {directory / 'htpasswd'}"]
+    (directory / "config.yml").write_text("\n".join(config) + "\n")
+    log = open(directory / "registry.log", "wb")  # noqa: SIM115 (the process holds it)
+    process = subprocess.Popen([REGISTRY, "serve", str(directory / "config.yml")],
+                               stdout=log, stderr=subprocess.STDOUT)
+    log.close()
+    reg = Registry(f"127.0.0.1:{port}", directory, process, ca is not None, creds, token)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            log_text = (directory / "registry.log").read_text()
+            raise RuntimeError(f"docker-registry exited: {log_text}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return reg
+        except OSError:
+            time.sleep(0.05)
+    reg.stop()
+    raise RuntimeError("docker-registry did not listen within 20 s")
+
+
+def skopeo_copy(archive: Path, registry: Registry, repo_tag: str, fmt: str = "") -> None:
+    """`skopeo copy oci-archive:ARCHIVE docker://HOST/REPO:TAG` (`fmt` v2s2:
+    converted to Docker v2 schema 2 media types)."""
+    cmd = ["skopeo", "copy", "--quiet", "--dest-tls-verify=false"]
+    if fmt:
+        cmd.append(f"--format={fmt}")
+    if registry.creds:
+        cmd.append(f"--dest-creds={registry.creds[0]}:{registry.creds[1]}")
+    cmd += [f"oci-archive:{archive}", f"docker://{registry.host}/{repo_tag}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120,
+                          env={"PATH": "/usr/bin:/bin", "HOME": str(registry.directory)})
+    assert proc.returncode == 0, proc.stderr
+
+
+def put_manifest(registry: Registry, repo: str, ref: str, data: bytes, media_type: str) -> None:
+    """PUT a manifest or index (the registry's own API; anonymous registries)."""
+    conn = http.client.HTTPConnection(registry.host, timeout=30)
+    conn.request("PUT", f"/v2/{repo}/manifests/{ref}", body=data,
+                 headers={"Content-Type": media_type})
+    resp = conn.getresponse()
+    body = resp.read()
+    conn.close()
+    assert resp.status == 201, (resp.status, body)
+
+
+# ---------------------------------------------------------------------- a proxy
+
+
+@dataclass
+class Proxy:
+    """A plain-HTTP proxy on 127.0.0.1 to `upstream` (host:port, plain HTTP)."""
+
+    upstream: str
+    corrupt: set[str] = field(default_factory=set)
+    """Blob digests whose bytes get one byte flipped."""
+    cut: dict[str, int] = field(default_factory=dict)
+    """Blob digest -> bytes after which the connection is dropped."""
+    manifests: dict[str, tuple[str, bytes]] = field(default_factory=dict)
+    """Path suffix ``REPO/manifests/REF`` -> (media type, body) served instead."""
+    stall: dict[str, int] = field(default_factory=dict)
+    """Blob digest -> bytes after which the response waits for `release`
+    (20 s at most), then drops the connection."""
+    ranges: list[tuple[str, str]] = field(default_factory=list)
+    """(path, Range header) of every request that had one."""
+    stalled: threading.Event = field(default_factory=threading.Event)
+    release: threading.Event = field(default_factory=threading.Event)
+
+    def __post_init__(self) -> None:
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+                proxy.handle(self)
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.host = f"127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def handle(self, h: http.server.BaseHTTPRequestHandler) -> None:
+        if h.headers.get("Range"):
+            self.ranges.append((h.path, h.headers["Range"]))
+        for suffix, (media_type, body) in self.manifests.items():
+            if h.path.endswith(suffix):
+                h.send_response(200)
+                h.send_header("Content-Type", media_type)
+                h.send_header("Content-Length", str(len(body)))
+                h.end_headers()
+                h.wfile.write(body)
+                return
+        conn = http.client.HTTPConnection(self.upstream, timeout=30)
+        headers = {k: v for k, v in h.headers.items() if k.lower() in ("accept", "range")}
+        conn.request("GET", h.path, headers=headers)
+        resp = conn.getresponse()
+        body = resp.read()
+        conn.close()
+        digest = h.path.rpartition("/")[2]
+        if "/blobs/" in h.path and digest in self.corrupt and body:
+            body = bytes([body[0] ^ 0xFF]) + body[1:]
+        h.send_response(resp.status)
+        for k, v in resp.getheaders():
+            if k.lower() not in ("connection", "transfer-encoding", "content-length"):
+                h.send_header(k, v)
+        h.send_header("Content-Length", str(len(body)))
+        h.end_headers()
+        if "/blobs/" in h.path and (digest in self.cut or digest in self.stall):
+            h.wfile.write(body[:self.cut.get(digest, self.stall.get(digest, 0))])
+            h.wfile.flush()
+            if digest in self.stall:
+                self.stalled.set()
+                self.release.wait(20)
+            h.close_connection = True
+            h.connection.shutdown(socket.SHUT_RDWR)
+            return
+        h.wfile.write(body)
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
