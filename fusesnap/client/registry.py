@@ -29,6 +29,7 @@ import ssl
 import threading
 import urllib.parse
 import weakref
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, cast
@@ -153,8 +154,9 @@ class Registry:
 
     def __init__(self, ref: Reference, *, creds: tuple[str, str] | None = None,
                  ca: str | None = None, plain_http: bool = False,
-                 timeout: float = TIMEOUT) -> None:
+                 timeout: float = TIMEOUT, push: bool = False) -> None:
         self.ref = ref
+        self.push = push
         self.creds = creds
         self.plain_http = plain_http
         self.timeout = timeout
@@ -179,14 +181,16 @@ class Registry:
                                                context=self._context)
         return http.client.HTTPConnection(netloc, timeout=self.timeout)
 
-    def _send(self, url: str, headers: dict[str, str]) -> http.client.HTTPResponse:
-        """GET `url`, following redirects (the auth header only to the registry)."""
+    def _send(self, url: str, headers: dict[str, str], method: str = "GET",
+              body: bytes | None = None) -> http.client.HTTPResponse:
+        """`method` `url` (with `body`), following redirects (the auth header
+        only to the registry; GET and HEAD only)."""
         for _ in range(MAX_REDIRECTS):
             parts = urllib.parse.urlsplit(url)
             conn = self._connect(parts.netloc, parts.scheme == "https")
             path = parts.path + (f"?{parts.query}" if parts.query else "")
             try:
-                conn.request("GET", path, headers=headers)
+                conn.request(method, path, body=body, headers=headers)
                 resp = conn.getresponse()
             except ssl.SSLCertVerificationError as e:
                 conn.close()
@@ -201,7 +205,8 @@ class Registry:
                 if not self.plain_http and isinstance(e, http.client.BadStatusLine):
                     raise RegistryError(f"{parts.netloc}: not a TLS server") from None
                 raise RegistryError(f"{parts.netloc}: {e}") from None
-            if resp.status in (301, 302, 303, 307, 308) and resp.getheader("Location"):
+            if resp.status in (301, 302, 303, 307, 308) and resp.getheader("Location") \
+                    and method in ("GET", "HEAD"):
                 url = urllib.parse.urljoin(url, resp.getheader("Location", ""))
                 resp.close()
                 conn.close()
@@ -231,15 +236,28 @@ class Registry:
     def get(self, path: str, headers: dict[str, str] | None = None) -> http.client.HTTPResponse:
         """GET ``/v2/REPOSITORY/path`` with auth (one 401 answered, then final);
         a response of status 200 or 206; RegistryError otherwise."""
+        return self.request("GET", path, headers)
+
+    def request(self, method: str, path: str, headers: dict[str, str] | None = None,
+                body: bytes | None = None, ok: tuple[int, ...] = (200, 206)
+                ) -> http.client.HTTPResponse:
+        """`method` ``/v2/REPOSITORY/path`` (or `path` itself if it is a URL,
+        e.g. an upload's Location) with auth: a 401 is answered and the
+        request sent again (`body` is bytes, so it can be); a response whose
+        status is in `ok`, RegistryError otherwise."""
         headers = dict(headers or {})
+        url = path if "://" in path else self._url(path)
+        if body is not None:
+            headers["Content-Length"] = str(len(body))
         for attempt in range(2):
             if self._auth:
                 headers["Authorization"] = self._auth
-            resp = self._send(self._url(path), headers)
+            resp = self._send(url, headers, method, body)
             if resp.status != 401:
                 break
             challenge = resp.getheader("WWW-Authenticate", "")
-            resp.read(65536)
+            if method != "HEAD":
+                resp.read(65536)
             resp.close()
             if attempt == 1 or not challenge:
                 who = f"user {self.creds[0]!r}" if self.creds else "anonymous access"
@@ -248,11 +266,13 @@ class Registry:
                                     "credentials (--creds USER:PASSWORD or the Docker "
                                     "config file)")
             self._authenticate(challenge)
-        if resp.status in (200, 206):
+        if resp.status in ok:
             return resp
-        body = resp.read(65536)
+        answer = b"" if method == "HEAD" else resp.read(65536)
         resp.close()
-        raise RegistryError(self._describe(resp.status, path, body))
+        if "://" in path:
+            path = "blobs/uploads/"
+        raise RegistryError(self._describe(resp.status, path, answer))
 
     def _describe(self, status: int, path: str, body: bytes) -> str:
         kind, _, ref = path.partition("/")
@@ -283,7 +303,8 @@ class Registry:
         if scheme != "bearer" or "realm" not in params:
             raise RegistryError(f"{self.ref.api_host}: unsupported authentication "
                                 f"{challenge!r}")
-        query = {"scope": f"repository:{self.ref.repository}:pull"}
+        actions = "pull,push" if self.push else "pull"
+        query = {"scope": f"repository:{self.ref.repository}:{actions}"}
         if "service" in params:
             query["service"] = params["service"]
         url = params["realm"] + ("&" if "?" in params["realm"] else "?") + \
@@ -389,6 +410,80 @@ class Registry:
                     raise RegistryError(f"blob {desc.digest}: shorter than {offset} bytes")
                 left -= len(chunk)
         return cast(IO[bytes], _Body(resp, desc.digest, desc.size - offset, stop))
+
+    # push ---------------------------------------------------------------
+
+    def blob_exists(self, digest: str) -> bool:
+        """HEAD ``blobs/DIGEST``: whether the repository has the blob."""
+        resp = self.request("HEAD", f"blobs/{digest}", ok=(200, 404))
+        resp.close()
+        return resp.status == 200
+
+    def _location(self, resp: http.client.HTTPResponse, url: str) -> str:
+        location = resp.getheader("Location", "")
+        resp.read(65536)
+        resp.close()
+        if not location:
+            raise RegistryError(f"{self.ref.api_host}: an upload answer without a Location")
+        return urllib.parse.urljoin(url, location)
+
+    def mount_blob(self, digest: str, source: str) -> bool:
+        """POST ``blobs/uploads/?mount=DIGEST&from=SOURCE``: True if the
+        registry mounted the blob from repository `source` (201); an upload
+        it started instead (202) is left to expire."""
+        query = urllib.parse.urlencode({"mount": digest, "from": source})
+        resp = self.request("POST", f"blobs/uploads/?{query}", body=b"", ok=(201, 202))
+        resp.read(65536)
+        resp.close()
+        return resp.status == 201
+
+    def upload_blob(self, digest: str, size: int, chunks: Iterable[bytes],
+                    chunked: bool) -> int:
+        """Upload a blob: one PUT of the one chunk when not `chunked`, else a
+        PATCH per chunk (Content-Range) and an empty PUT to finish. Checks the
+        registry's ``Docker-Content-Digest``; returns the number of PATCHes."""
+        start = self.request("POST", "blobs/uploads/", body=b"", ok=(202,))
+        location = self._location(start, self._url("blobs/uploads/"))
+        patches = offset = 0
+        whole: list[bytes] = []
+        for chunk in chunks:
+            if not chunked:
+                whole.append(chunk)
+                continue
+            resp = self.request("PATCH", location, {
+                "Content-Type": "application/octet-stream",
+                "Content-Range": f"{offset}-{offset + len(chunk) - 1}"},
+                body=chunk, ok=(202,))
+            location = self._location(resp, location)
+            offset += len(chunk)
+            patches += 1
+        final = b"".join(whole)
+        sep = "&" if urllib.parse.urlsplit(location).query else "?"
+        url = location + sep + urllib.parse.urlencode({"digest": digest})
+        resp = self.request("PUT", url, {"Content-Type": "application/octet-stream"},
+                            body=final, ok=(201,))
+        said = resp.getheader("Docker-Content-Digest", "")
+        resp.read(65536)
+        resp.close()
+        if said and said != digest:
+            raise RegistryError(f"blob {digest}: the registry stored it as {said}")
+        if not chunked and len(final) != size:
+            raise RegistryError(f"blob {digest}: {len(final)} bytes read, {size} expected")
+        return patches
+
+    def put_manifest(self, ref: str, data: bytes, media_type: str) -> str:
+        """PUT ``manifests/REF`` (a tag or a digest) with these exact bytes;
+        returns their digest, checked against the registry's."""
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        resp = self.request("PUT", f"manifests/{ref}", {"Content-Type": media_type},
+                            body=data, ok=(201,))
+        said = resp.getheader("Docker-Content-Digest", "")
+        resp.read(65536)
+        resp.close()
+        if said and said != digest:
+            raise RegistryError(f"manifest {ref}: the registry stored it as {said}, "
+                                f"its bytes are {digest}")
+        return digest
 
 
 class _Body:
