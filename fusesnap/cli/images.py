@@ -16,6 +16,9 @@
                          [--ca FILE] [--plain-http]
                                               from an OCI distribution registry
                                               (README, "Registries")
+    fusesnap images push NAME REF [--creds USER:PASS] [--ca FILE] [--plain-http]
+                                              to an OCI distribution registry: blobs
+                                              it has are skipped
     fusesnap images prepare NAME KEY          prints the directory of a new active
                                               snapshot on the image's top layer
     fusesnap images mount NAME [--key KEY]    prints the directory of a read-only view
@@ -78,9 +81,11 @@ JSON shape (``--json``): an image is ``{"name", "target": {"media_type",
 from __future__ import annotations
 
 import argparse
+import contextlib
 import secrets
 import sys
 import threading
+from collections.abc import Iterator
 from typing import IO, Any, cast
 
 import grpc
@@ -101,6 +106,7 @@ from fusesnap.client.importer import (
     top_chain_id,
 )
 from fusesnap.client.pull import PullOptions, parse_platform, pull_image
+from fusesnap.client.push import push_image
 from fusesnap.client.registry import RegistryError
 from fusesnap.pb import descriptor_pb2
 from fusesnap.pb import images_pb2 as ipb
@@ -247,32 +253,60 @@ class _Line:
         pass
 
 
+def _creds(args: argparse.Namespace) -> tuple[str, str] | None:
+    if args.creds is None:
+        return None
+    user, sep, password = args.creds.partition(":")
+    if not sep or not user:
+        raise common.CommandError("--creds: expected USER:PASSWORD")
+    return user, password
+
+
+@contextlib.contextmanager
+def _reported(what: str, *errors: type[Exception]) -> Iterator[None]:
+    """`errors` and the daemon's refusals as one line ``WHAT: …``; a daemon
+    that cannot be reached is left to common.run."""
+    try:
+        yield
+    except errors as err:
+        raise common.CommandError(f"{what}: {err}") from err
+    except grpc.RpcError as err:
+        if common.is_connect_failure(err):
+            raise
+        raise common.CommandError(f"{what}: {common.describe(err)}") from err
+
+
 def _pull(args: argparse.Namespace, channel: grpc.Channel) -> None:
     lines = _Lines(sys.stderr)
     bar = lines.bar
-    creds = None
-    if args.creds is not None:
-        user, sep, password = args.creds.partition(":")
-        if not sep or not user:
-            raise common.CommandError("--creds: expected USER:PASSWORD")
-        creds = (user, password)
-    try:
+    creds = _creds(args)
+    with _reported(f"pull {args.reference}", RegistryError, ArchiveError, LayerError,
+                   ImportFailed):
         options = PullOptions(platform=parse_platform(args.platform) if args.platform else None,
                               creds=creds, ca=args.ca, plain_http=args.plain_http)
         done = pull_image(channel, args.reference, name=args.name, options=options,
                           lease=args.lease, progress=bar if sys.stderr.isatty() else None)
-    except (RegistryError, ArchiveError, LayerError, ImportFailed) as err:
-        raise common.CommandError(f"pull {args.reference}: {err}") from err
-    except grpc.RpcError as err:
-        if common.is_connect_failure(err):
-            raise
-        raise common.CommandError(f"pull {args.reference}: {common.describe(err)}") from err
     if args.json:
         common.print_json({"name": done.name, "digest": done.target.digest,
                            "media_type": done.target.media_type, "chain_ids": done.chain_ids,
                            "applied": done.applied})
     else:
         print(f"{done.name} {done.target.digest}")
+
+
+def _push(args: argparse.Namespace, channel: grpc.Channel) -> None:
+    bar = _Lines(sys.stderr).bar
+    options = PullOptions(creds=_creds(args), ca=args.ca, plain_http=args.plain_http)
+    with _reported(f"push {args.name}", RegistryError, ArchiveError):
+        done = push_image(channel, args.name, args.reference, options=options,
+                          progress=bar if sys.stderr.isatty() else None)
+    if args.json:
+        common.print_json({"reference": done.reference, "digest": done.target.digest,
+                           "media_type": done.target.media_type,
+                           "uploaded": done.uploaded, "skipped": done.skipped,
+                           "patches": done.patches})
+    else:
+        print(f"{done.reference} {done.target.digest}")
 
 
 def _on_image(args: argparse.Namespace, channel: grpc.Channel, key: str, view: bool) -> None:
@@ -357,6 +391,17 @@ def _positive_size(text: str) -> int:
     return value
 
 
+def _registry_options(p: argparse.ArgumentParser) -> None:
+    """--creds, --ca and --plain-http, of pull and push."""
+    p.add_argument("--creds", default=None, metavar="USER:PASSWORD",
+                   help="registry credentials (default: the Docker config file's, "
+                        "$DOCKER_CONFIG/config.json or ~/.docker/config.json)")
+    p.add_argument("--ca", default=None, metavar="FILE",
+                   help="a PEM file of CA certificates to trust for the registry's TLS")
+    p.add_argument("--plain-http", action="store_true",
+                   help="talk plain HTTP to the registry, not HTTPS")
+
+
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     group = sub.add_parser("images", aliases=["image"],
                            help="manage images (like `ctr images`)",
@@ -424,14 +469,18 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    help="image name (default: the normalized REF)")
     p.add_argument("--platform", default=None, metavar="OS/ARCH[/VARIANT]",
                    help="the manifest to pick from an index (default: this machine's)")
-    p.add_argument("--creds", default=None, metavar="USER:PASSWORD",
-                   help="registry credentials (default: the Docker config file's, "
-                        "$DOCKER_CONFIG/config.json or ~/.docker/config.json)")
-    p.add_argument("--ca", default=None, metavar="FILE",
-                   help="a PEM file of CA certificates to trust for the registry's TLS")
-    p.add_argument("--plain-http", action="store_true",
-                   help="talk plain HTTP to the registry, not HTTPS")
+    _registry_options(p)
     on_channel(p, _pull)
+
+    p = command("push", _push, "push an image to an OCI distribution registry (v2 API): "
+                "blobs it has are skipped, the others uploaded, then the manifest",
+                json=True)
+    p.add_argument("name", metavar="NAME", help="the image to push")
+    p.add_argument("reference", metavar="REF",
+                   help="where to: [HOST[:PORT]/]REPOSITORY[:TAG] (no host: docker.io; "
+                        "no tag: latest)")
+    _registry_options(p)
+    on_channel(p, _push)
 
     p = command("prepare", _prepare, "create an active snapshot on an image's top layer "
                 "and print its directory", json=True)
