@@ -1,5 +1,7 @@
 """A client of an OCI distribution registry (the distribution spec's v2 API),
-standard library only: what ``fusesnap images pull`` reads.
+standard library only: what ``fusesnap images pull`` reads and ``fusesnap
+images push`` writes (HEAD, uploads, mounts and manifest PUTs at the end of
+the class; a pushing client asks for tokens of scope ``pull,push``).
 
 :class:`Reference` parses ``[HOST[:PORT]/]REPOSITORY[:TAG][@DIGEST]`` as
 docker does (no host: ``docker.io``, one-part names under ``library/``).
