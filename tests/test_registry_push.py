@@ -16,6 +16,7 @@ import os
 import ssl
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -233,3 +234,44 @@ def test_mount_from_another_repository(small: oci.Built, plain: Registry,
     assert not reg.blob_exists(small.config)
     assert reg.mount_blob(small.config, "pushed/mount-src")
     assert reg.blob_exists(small.config)
+
+
+def test_index_pushed_whole_or_as_its_platform_manifest(
+        cli: Cli, small: oci.Built, plain: Registry, recorder: Recorder,
+        tmp_path: Path) -> None:
+    """An index whose manifests the store has is pushed whole (same digest);
+    one with a manifest the pull did not fetch (another platform) is pushed
+    as the manifest for this platform."""
+    cli.ok("images", "push", "--plain-http", NAME, f"{plain.host}/pushed/idx-src:1")
+    elsewhere = oci.write_archive(oci.Image("o", [oci.Layer([oci.File("o", b"other\n")])]),
+                                  tmp_path / "o.tar")  # in the registry, not in the store
+    registry_env.skopeo_copy(elsewhere.path, plain, "pushed/idx-src:other")
+    index_type = "application/vnd.oci.image.index.v1+json"
+    manifest_type = "application/vnd.oci.image.manifest.v1+json"
+    child = {"mediaType": manifest_type, "digest": small.manifest,
+             "size": small.sizes[small.manifest], "platform": oci.host_platform()}
+    other = {"mediaType": manifest_type, "digest": elsewhere.manifest,
+             "size": elsewhere.sizes[elsewhere.manifest],
+             "platform": {"os": "linux", "architecture": "s390x"}}
+    one = json.dumps({"schemaVersion": 2, "mediaType": index_type,
+                      "manifests": [child]}).encode()
+    two = json.dumps({"schemaVersion": 2, "mediaType": index_type,
+                      "manifests": [child, other]}).encode()
+    registry_env.put_manifest(plain, "pushed/idx-src", "one", one, index_type)
+    registry_env.put_manifest(plain, "pushed/idx-src", "two", two, index_type)
+    cli.ok("images", "pull", "--plain-http", "--name", "idx/one:1",
+           f"{plain.host}/pushed/idx-src:one")
+    cli.ok("images", "pull", "--plain-http", "--name", "idx/two:1",
+           f"{plain.host}/pushed/idx-src:two")
+
+    out = cli.ok("images", "push", "--plain-http", "idx/one:1", f"{recorder.host}/pushed/idx:one")
+    assert out == f"{recorder.host}/pushed/idx:one {oci.digest(one)}\n"
+    data, _ = fetch(plain, "pushed/idx/manifests/one", accept=index_type)
+    assert data == one
+    data, _ = fetch(plain, f"pushed/idx/manifests/{small.manifest}", accept=manifest_type)
+    assert oci.digest(data) == small.manifest
+    assert ("PUT", f"/v2/pushed/idx/manifests/{small.manifest}") in recorder.requests
+
+    out = cli.ok("images", "push", "--plain-http", "idx/two:1", f"{recorder.host}/pushed/idx:two")
+    assert out == f"{recorder.host}/pushed/idx:two {small.manifest}\n"
+    check_pushed(plain, "pushed/idx:two", small)
