@@ -275,3 +275,25 @@ def test_index_pushed_whole_or_as_its_platform_manifest(
     out = cli.ok("images", "push", "--plain-http", "idx/two:1", f"{recorder.host}/pushed/idx:two")
     assert out == f"{recorder.host}/pushed/idx:two {small.manifest}\n"
     check_pushed(plain, "pushed/idx:two", small)
+
+
+def test_push_mounts_from_the_source_label(cli: Cli, small: oci.Built, plain: Registry,
+                                           recorder: Recorder) -> None:
+    """A blob labelled ``containerd.io/distribution.source.HOST=REPO`` is
+    mounted from REPO (POST ?mount=&from=, 201), not uploaded."""
+    cli.ok("images", "push", "--plain-http", NAME, f"{recorder.host}/pushed/mnt-src:1")
+    label = f"containerd.io/distribution.source.{recorder.host}=no/such,pushed/mnt-src"
+    for digest in (small.config, *small.layers):
+        cli.ok("content", "label", digest, label)
+    try:
+        recorder.requests.clear()
+        done = cli.json("images", "push", "--plain-http", "--json", NAME,
+                        f"{recorder.host}/pushed/mnt-dst:1")
+    finally:
+        for digest in (small.config, *small.layers):
+            cli.ok("content", "label", digest, label.partition("=")[0] + "=")
+    assert sorted(done["mounted"]) == sorted([small.config, *small.layers])  # type: ignore[index]
+    assert done["uploaded"] == []  # type: ignore[index]
+    assert "PATCH" not in recorder.methods()
+    assert recorder.methods().count("PUT") == 1  # the manifest
+    check_pushed(plain, "pushed/mnt-dst:1", small)

@@ -304,6 +304,7 @@ def _push(args: argparse.Namespace, channel: grpc.Channel) -> None:
         common.print_json({"reference": done.reference, "digest": done.target.digest,
                            "media_type": done.target.media_type,
                            "uploaded": done.uploaded, "skipped": done.skipped,
+                           "mounted": done.mounted,
                            "patches": done.patches})
     else:
         print(f"{done.reference} {done.target.digest}")

@@ -5,10 +5,12 @@ The image's target is resolved as export resolves it: the manifest for this
 platform, or, when the target is an index all of whose manifests (with their
 configs and layers) the store has, the index and every manifest. For each
 blob (configs and layers, each once) a HEAD asks the registry whether the
-repository has it: if so it is skipped; else it is uploaded from the content
-store (Content Read): in one PUT when it is at most :data:`CHUNK` bytes, else
-in PATCHes of :data:`CHUNK` bytes and a final PUT, each chunk held in memory
-so that a request answered with a 401 can be sent again. The registry's
+repository has it: if so it is skipped; else, if its SOURCE_LABEL names
+another repository of the host, a cross-repository mount is asked for; else
+it is uploaded from the content store (Content Read): in one PUT when it is
+at most :data:`CHUNK` bytes, else in PATCHes of :data:`CHUNK` bytes and a
+final PUT, each chunk held in memory so that a request answered with a 401
+can be sent again. The registry's
 ``Docker-Content-Digest`` is checked. Then the manifests are PUT with their
 exact stored bytes (so their digests do not change): the children of an
 index by digest, the index (or the one manifest) last, by REF's tag.
@@ -36,6 +38,9 @@ from fusesnap.pb import images_pb2 as ipb
 
 CHUNK = 16 << 20
 """Blobs up to this size go in one PUT; larger ones in PATCHes of this size."""
+SOURCE_LABEL = "containerd.io/distribution.source."
+"""containerd's content label ``…source.HOST=REPO[,REPO…]``: where a blob is
+known to be; push tries a cross-repository mount from those repositories."""
 
 
 @dataclass
@@ -48,6 +53,23 @@ class Pushed:
     """Digests of the blobs the registry had."""
     patches: int = 0
     """PATCH requests of chunked uploads."""
+    mounted: list[str] = field(default_factory=list)
+    """Digests of the blobs mounted from another repository."""
+
+
+def _mounted(client: Client, registry: Registry, digest: str) -> bool:
+    """Whether the registry mounted the blob from a repository of the same
+    host that its SOURCE_LABEL names (a refusal of any kind: not mounted)."""
+    ref = registry.ref
+    labels = client.content.Info(cpb.InfoRequest(digest=digest)).info.labels
+    for repo in labels.get(SOURCE_LABEL + ref.host, "").split(","):
+        if repo and repo != ref.repository:
+            try:
+                if registry.mount_blob(digest, repo):
+                    return True
+            except RegistryError:
+                pass
+    return False
 
 
 def _descriptor(d: object, what: str) -> ArchiveDescriptor:
@@ -117,6 +139,9 @@ def push_image(channel: grpc.Channel, name: str, reference: str, *,
             seen.add(blob.digest)
             if registry.blob_exists(blob.digest):
                 done.skipped.append(blob.digest)
+                continue
+            if _mounted(client, registry, blob.digest):
+                done.mounted.append(blob.digest)
                 continue
             bar = progress(f"push {short(blob.digest)}", blob.size) if progress else None
             done.patches += registry.upload_blob(blob.digest, blob.size,
