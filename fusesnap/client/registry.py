@@ -278,7 +278,8 @@ class Registry:
 
     def _describe(self, status: int, path: str, body: bytes) -> str:
         kind, _, ref = path.partition("/")
-        what = {"blobs": f"blob {ref}", "manifests": f"manifest {ref}" if ":" in ref
+        what = {"blobs": "blob upload" if ref.startswith("uploads/") else f"blob {ref}",
+                "manifests": f"manifest {ref}" if ":" in ref
                 else f"tag {ref}"}.get(kind, path)
         try:
             errors = json.loads(body).get("errors") or []
