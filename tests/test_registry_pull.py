@@ -121,6 +121,10 @@ def test_pull_anonymous_plain_http(cli: Cli, plain: Registry, built: oci.Built,
     info = cli.json("content", "info", built.manifest, "--json")
     labels = info["labels"]  # type: ignore[index]
     assert labels["containerd.io/gc.ref.content.config"] == built.config
+    # Where each blob came from, as containerd's pull records it (push mounts from it).
+    for digest in (built.manifest, built.config, *built.layers):
+        info = cli.json("content", "info", digest, "--json")
+        assert info["labels"][f"containerd.io/distribution.source.{plain.host}"] == REPO  # type: ignore[index]
     assert cli.ok("leases", "ls", "-q") == ""  # the pull's lease is gone
 
 

@@ -297,3 +297,19 @@ def test_push_mounts_from_the_source_label(cli: Cli, small: oci.Built, plain: Re
     assert "PATCH" not in recorder.methods()
     assert recorder.methods().count("PUT") == 1  # the manifest
     check_pushed(plain, "pushed/mnt-dst:1", small)
+
+
+def test_a_pushed_image_pulled_back_is_mounted_into_another_repository(
+        cli: Cli, small: oci.Built, plain: Registry, recorder: Recorder) -> None:
+    """Pull records where each blob came from (containerd's
+    distribution.source label), so pushing the pulled image to another
+    repository of the same registry mounts every blob instead of sending it."""
+    cli.ok("images", "push", "--plain-http", NAME, f"{recorder.host}/pushed/pulled-src:1")
+    cli.ok("images", "pull", "--plain-http", "--name", "pulled/small:1",
+           f"{recorder.host}/pushed/pulled-src:1")
+    recorder.requests.clear()
+    done = cli.json("images", "push", "--plain-http", "--json", "pulled/small:1",
+                    f"{recorder.host}/pushed/pulled-dst:1")
+    assert sorted(done["mounted"]) == sorted([small.config, *small.layers])  # type: ignore[index]
+    assert done["uploaded"] == [] and "PATCH" not in recorder.methods()  # type: ignore[index]
+    check_pushed(plain, "pushed/pulled-dst:1", small)

@@ -97,6 +97,13 @@ def _check_platform(registry: Registry, image: Resolved, plat: Platform) -> None
                             f"{config.get('os')}/{config.get('architecture')}, not {plat}")
 
 
+SOURCE_LABEL = "containerd.io/distribution.source."
+"""containerd's content label ``…source.HOST=REPO[,REPO…]``: where a blob is
+known to be. Pull sets it to the repository it pulled from (as containerd's
+pull does; the last pull's repository, not a list); push tries a
+cross-repository mount from the repositories it names."""
+
+
 def _fetch(client: Client, registry: Registry, image: Resolved,
            progress: ProgressFactory | None) -> None:
     """Every blob of `image` into the content store: layers and config in
@@ -133,7 +140,9 @@ def _fetch(client: Client, registry: Registry, image: Resolved,
     futures: list[concurrent.futures.Future[None]] = []
     try:
         started: set[str] = set()  # a layer twice in a manifest is one ingest
+        source = {SOURCE_LABEL + registry.ref.host: registry.ref.repository}
         for desc, labels in walk(registry, image):
+            labels = {**labels, **source}
             if desc == image.config and image.layers:
                 labels = {**labels, REF_SNAPSHOT: image.chain_ids[-1]}
             if desc in image.layers or desc == image.config:

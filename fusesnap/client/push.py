@@ -31,16 +31,13 @@ from fusesnap.client.importer import (
     StoreSource,
     short,
 )
-from fusesnap.client.pull import PullOptions
+from fusesnap.client.pull import SOURCE_LABEL, PullOptions
 from fusesnap.client.registry import Reference, Registry, RegistryError, docker_credentials
 from fusesnap.pb import content_pb2 as cpb
 from fusesnap.pb import images_pb2 as ipb
 
 CHUNK = 16 << 20
 """Blobs up to this size go in one PUT; larger ones in PATCHes of this size."""
-SOURCE_LABEL = "containerd.io/distribution.source."
-"""containerd's content label ``…source.HOST=REPO[,REPO…]``: where a blob is
-known to be; push tries a cross-repository mount from those repositories."""
 
 
 @dataclass
