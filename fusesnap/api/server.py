@@ -13,7 +13,6 @@ import grpc
 from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 from google.protobuf.message_factory import GetMessageClass
 from grpc_health.v1 import health_pb2
-from grpc_health.v1.health import HealthServicer
 from grpc_reflection.v1alpha import reflection_pb2
 from grpc_reflection.v1alpha.reflection import SERVICE_NAME as REFLECTION
 from grpc_reflection.v1alpha.reflection import ReflectionServicer
@@ -26,6 +25,7 @@ from fusesnap.api.debug import DebugServicer, Report
 from fusesnap.api.diff import DiffServicer
 from fusesnap.api.errors import rpc
 from fusesnap.api.headers import Headers
+from fusesnap.api.health import Health
 from fusesnap.api.images import ImagesServicer
 from fusesnap.api.info import InfoServicer, Requests, Started
 from fusesnap.api.leases import GCServicer, LeasesServicer
@@ -166,7 +166,7 @@ def _run(future: futures.Future[Any], fn: Callable[..., Any], args: tuple[Any, .
 class Server:
     """The gRPC server and the health it reports (grpc.health.v1.Health)."""
 
-    def __init__(self, server: grpc.Server, health: HealthServicer) -> None:
+    def __init__(self, server: grpc.Server, health: Health) -> None:
         self.server = server
         self.health = health
 
@@ -229,7 +229,7 @@ def make_server(bridge: TrioBridge, config: Config, snapshotter: Snapshotter,
             _refuse(server, images_pb2, "Images", f"{proxy}: containerd owns images"),
             _refuse(server, gc_pb2, "GC", f"{proxy}: containerd collects garbage"),
         ]
-    health = HealthServicer()
+    health = Health()
     serving.append(_add_servicer(server, health_pb2, "Health", health))
     serving.append(REFLECTION)
     _add_servicer(server, reflection_pb2, "ServerReflection", _Reflection(serving + refused))
