@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,6 +61,10 @@ class Config:
     fuse_busy_poll_us: int = 50
     """Microseconds the FUSE loop polls for the next request before it
     sleeps (patches/pyfuse3/0002); 0: never."""
+    insecure_registries: frozenset[str] = frozenset()
+    """HOST[:PORT]s of registries the daemon reaches over plain HTTP (lazy layers)."""
+    registry_ca: str | None = None
+    """A CA file the daemon trusts for registries besides the system's."""
     socket_group: str | None = None
     """The group that may connect to the socket besides the daemon's user (name
     or number); None: root's for a root daemon, none for an ordinary user's."""
@@ -69,7 +74,9 @@ class Config:
              mountpoint: str | None = None, role: str | None = None,
              ingest_grace: float | None = None, gc_delay: float | None = None,
              socket_group: str | None = None,
-             fuse_busy_poll_us: int | None = None) -> Config:
+             fuse_busy_poll_us: int | None = None,
+             insecure_registries: Iterable[str] = (),
+             registry_ca: str | None = None) -> Config:
         r = Path(root).absolute() if root else default_root().absolute()
         s = Path(socket).absolute() if socket else default_socket(r).absolute()
         m = Path(mountpoint).absolute() if mountpoint else Path(
@@ -81,4 +88,6 @@ class Config:
                    socket_group=socket_group or os.environ.get("FUSESNAP_SOCKET_GROUP")
                    or None,
                    fuse_busy_poll_us=cls.fuse_busy_poll_us if fuse_busy_poll_us is None
-                   else fuse_busy_poll_us)
+                   else fuse_busy_poll_us,
+                   insecure_registries=frozenset(insecure_registries),
+                   registry_ca=str(Path(registry_ca).absolute()) if registry_ca else None)

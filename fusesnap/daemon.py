@@ -37,6 +37,7 @@ from fusesnap.permissions import (
     socket_group,
     tighten,
 )
+from fusesnap.remote import Access, RemoteLayers
 from fusesnap.sdnotify import Notifier
 from fusesnap.snapshots.layers import LayerTree
 from fusesnap.snapshots.snapshotter import Snapshotter
@@ -273,16 +274,19 @@ async def serve(config: Config) -> None:
         prepare_socket(config.socket, group)
         options = mount_options()
         collector = Collector(db, snapshotter, content, config.ingest_grace, config.gc_delay)
+        remote = RemoteLayers(snapshotter, content,
+                              Access(config.insecure_registries, config.registry_ca))
+        remote.load()
         log.info("root=%s mountpoint=%s socket=%s role=%s options=%s fuse-busy-poll=%dus",
                  config.root, config.mountpoint, config.socket, config.role.value,
                  ",".join(sorted(options)), config.fuse_busy_poll_us)
         fuse_stats = FuseStats()
-        fuse.mount(LayerFS(snapshotter, fuse_stats), config.mountpoint, options,
+        fuse.mount(LayerFS(snapshotter, fuse_stats, remote), config.mountpoint, options,
                    config.fuse_busy_poll_us)
         try:
             bridge = TrioBridge(trio.lowlevel.current_trio_token())
             server = make_server(bridge, config, snapshotter, content, collector,
-                                 fuse_stats.report, fuse_stats.requests, started)
+                                 fuse_stats.report, fuse_stats.requests, started, remote)
             try:
                 restrict_socket(config.socket, group)
             except NotPrivate as e:
@@ -300,6 +304,8 @@ async def serve(config: Config) -> None:
                     nursery.start_soon(_run_in, committer, _GroupCommitter(db).run)
                     watch = trio.CancelScope()
                     nursery.start_soon(_run_in, watch, functools.partial(_watch, space))
+                    lazy = trio.CancelScope()
+                    nursery.start_soon(_run_in, lazy, remote.run)
                     background_gc = trio.CancelScope()
                     if config.role is Role.DIRECT:
                         nursery.start_soon(_run_in, background_gc, collector.run)
@@ -309,6 +315,7 @@ async def serve(config: Config) -> None:
                         systemd.notify("STOPPING=1", "STATUS=stopping")
                         break
                     background_gc.cancel()
+                    lazy.cancel()
                     watch.cancel()
                     # Calls in flight get 5 s, then gRPC cancels them. grpcio
                     # may never report a call ended (one that sent two

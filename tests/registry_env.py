@@ -22,6 +22,7 @@ import hashlib
 import http.client
 import http.server
 import json
+import re
 import shutil
 import socket
 import ssl
@@ -270,6 +271,13 @@ class Proxy:
     (20 s at most), then drops the connection."""
     ranges: list[tuple[str, str]] = field(default_factory=list)
     """(path, Range header) of every request that had one."""
+    tail_only: bool = False
+    """Ranges of blobs are served only when they reach the blob's last 52
+    bytes but not from its start (an eStargz footer, a TOC); other Range
+    requests are answered 503,
+    as by a registry that cannot serve them (whole blobs pass)."""
+    gets: list[tuple[str, str]] = field(default_factory=list)
+    """(path, Range header or "") of every blob GET."""
     stalled: threading.Event = field(default_factory=threading.Event)
     release: threading.Event = field(default_factory=threading.Event)
 
@@ -283,6 +291,9 @@ class Proxy:
                 pass
 
             def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+                proxy.handle(self)
+
+            def do_HEAD(self) -> None:  # noqa: N802
                 proxy.handle(self)
 
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -303,19 +314,32 @@ class Proxy:
                 return
         conn = http.client.HTTPConnection(self.upstream, timeout=30)
         headers = {k: v for k, v in h.headers.items() if k.lower() in ("accept", "range")}
-        conn.request("GET", h.path, headers=headers)
+        conn.request(h.command, h.path, headers=headers)
         resp = conn.getresponse()
         body = resp.read()
         conn.close()
         digest = h.path.rpartition("/")[2]
+        if "/blobs/" in h.path and h.command == "GET":
+            self.gets.append((h.path, h.headers.get("Range", "")))
+            tail = re.fullmatch(r"bytes (\d+)-(\d+)/(\d+)",
+                                resp.getheader("Content-Range", ""))
+            if self.tail_only and resp.status == 206 and not (
+                    tail and int(tail[1]) > 0 and int(tail[2]) >= int(tail[3]) - 52):
+                h.send_response(503)
+                h.send_header("Content-Length", "0")
+                h.end_headers()
+                return
         if "/blobs/" in h.path and digest in self.corrupt and body:
             body = bytes([body[0] ^ 0xFF]) + body[1:]
         h.send_response(resp.status)
         for k, v in resp.getheaders():
             if k.lower() not in ("connection", "transfer-encoding", "content-length"):
                 h.send_header(k, v)
-        h.send_header("Content-Length", str(len(body)))
+        h.send_header("Content-Length", resp.getheader("Content-Length", "0")
+                      if h.command == "HEAD" else str(len(body)))
         h.end_headers()
+        if h.command == "HEAD":
+            return
         if "/blobs/" in h.path and (digest in self.cut or digest in self.stall):
             h.wfile.write(body[:self.cut.get(digest, self.stall.get(digest, 0))])
             h.wfile.flush()

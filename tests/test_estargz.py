@@ -31,7 +31,7 @@ from typing import Any
 
 import pytest
 
-from fusesnap.client import estargz
+from fusesnap import estargz
 from tests import oci
 from tests.conftest import module_daemon
 from tests.test_images_import import Cli

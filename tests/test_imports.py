@@ -81,7 +81,8 @@ def test_the_services_never_import_their_adapters() -> None:
     store imports them, and the collector is imported by no store."""
     graph = _graph()
     adapters = {"cli", "api", "layerfs", "daemon", "client", "userns"}
-    for part in ("snapshots", "content", "leases", "images", "store", "layertar"):
+    for part in ("snapshots", "content", "leases", "images", "store", "layertar",
+                 "distribution", "estargz"):
         assert not graph.get(part, set()) & (adapters | {"gc"}), (part, graph.get(part))
 
 
@@ -90,7 +91,8 @@ def test_the_client_workflows_use_the_daemon_only_through_grpc() -> None:
     the image records' types and the layer format, never a store or the
     daemon's internals, and only the CLI imports it."""
     graph = _graph()
-    allowed = {"pb", "images", "layertar", "digests", "labels", "quoting", "errors"}
+    allowed = {"pb", "images", "layertar", "digests", "labels", "quoting", "errors",
+               "distribution", "estargz"}
     assert graph.get("client", set()) <= allowed, graph.get("client")
     users = {part for part, targets in graph.items() if "client" in targets}
     assert users <= {"cli"}, users

@@ -49,6 +49,7 @@ from fusesnap.pb import (
     snapshots_pb2,
 )
 from fusesnap.pb import content_pb2 as cpb
+from fusesnap.remote import RemoteLayers
 from fusesnap.snapshots.snapshotter import Snapshotter
 
 # containerd's clients send up to 16 MiB (spec §1.1); leave room for framing.
@@ -182,7 +183,8 @@ class Server:
 
 def make_server(bridge: TrioBridge, config: Config, snapshotter: Snapshotter,
                 content: ContentStore, collector: Collector, fuse_stats: Report,
-                fuse_requests: Requests, started: Started, workers: int = 16) -> Server:
+                fuse_requests: Requests, started: Started, remote: RemoteLayers,
+                workers: int = 16) -> Server:
     """Snapshots, Content, Namespaces, Applier, Differ, Debug and Info in both
     roles; Leases, Images and GC in the direct role, while in the proxy role
     (containerd owns leases and images and collects: spec §9.2) their calls
@@ -200,7 +202,7 @@ def make_server(bridge: TrioBridge, config: Config, snapshotter: Snapshotter,
     headers = Headers(role)
     serving = [
         _add_servicer(server, snapshots_pb2, "Snapshots",
-                      SnapshotsServicer(bridge, snapshotter, headers)),
+                      SnapshotsServicer(bridge, snapshotter, headers, remote)),
         _add_servicer(server, cpb, "Content",
                       ContentServicer(bridge, content, headers), encoded={"Read"}),
         _add_servicer(server, namespaces_pb2, "Namespaces", NamespacesServicer()),

@@ -13,6 +13,7 @@ from fusesnap.api.headers import Headers
 from fusesnap.bridge import TrioBridge
 from fusesnap.errors import InvalidArgument
 from fusesnap.pb import mount_pb2, snapshots_pb2, snapshots_pb2_grpc
+from fusesnap.remote import RemoteLayers
 from fusesnap.snapshots.snapshotter import Mount, Snapshotter
 from fusesnap.store.metastore import SnapshotRecord
 
@@ -33,16 +34,21 @@ class SnapshotsServicer(snapshots_pb2_grpc.SnapshotsServicer):
     """The `snapshotter` field is accepted whatever its value (spec §2.3). In
     the direct role, a lease header makes created snapshots join that lease."""
 
-    def __init__(self, bridge: TrioBridge, snapshotter: Snapshotter, headers: Headers) -> None:
+    def __init__(self, bridge: TrioBridge, snapshotter: Snapshotter, headers: Headers,
+                 remote: RemoteLayers) -> None:
         self.call = bridge.call
         self.core = snapshotter
         self.headers = headers
+        self.remote = remote
 
     @rpc
     def Prepare(self, request: snapshots_pb2.PrepareSnapshotRequest,
                 context: grpc.ServicerContext) -> snapshots_pb2.PrepareSnapshotResponse:
-        mounts = self.call(self.core.prepare, request.key, request.parent, dict(request.labels),
-                           self.headers.holder(context, request.snapshotter))
+        labels = dict(request.labels)
+        holder = self.headers.holder(context, request.snapshotter)
+        # A remote-snapshot Prepare of a lazy layer raises AlreadyExists (spec §2.5).
+        self.remote.prepare(self.call, request.key, request.parent, labels, holder)
+        mounts = self.call(self.core.prepare, request.key, request.parent, labels, holder)
         return snapshots_pb2.PrepareSnapshotResponse(mounts=_mounts(mounts))
 
     @rpc

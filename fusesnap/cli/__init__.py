@@ -18,7 +18,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     config = Config.make(args.root, args.socket, args.mountpoint, args.role,
                          args.ingest_grace, args.gc_delay, args.socket_group,
-                         args.fuse_busy_poll)
+                         args.fuse_busy_poll, args.insecure_registry, args.registry_ca)
     if args.userns:
         from fusesnap import userns
 
@@ -125,6 +125,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="how long the FUSE loop polls for the next request before it "
                             "sleeps: cheaper than a wake-up where waking a CPU is dear (env "
                             "FUSESNAP_FUSE_BUSY_POLL; default 50; 0 never polls)")
+    serve.add_argument("--insecure-registry", action="append", default=[],
+                       metavar="HOST[:PORT]",
+                       help="a registry the daemon fetches lazy layers from over plain HTTP "
+                            "(repeatable; 'images pull --lazy --plain-http' needs it)")
+    serve.add_argument("--registry-ca", default=None, metavar="FILE",
+                       help="a CA certificate file the daemon trusts for registries, besides "
+                            "the system's (lazy layers)")
     serve.add_argument("--userns", action="store_true",
                        help="for an ordinary user: serve as root of a user namespace of its "
                             "own that maps 0 to the user and 1-65536 to the user's /etc/subuid "

@@ -283,7 +283,8 @@ def _pull(args: argparse.Namespace, channel: grpc.Channel) -> None:
     with _reported(f"pull {args.reference}", RegistryError, ArchiveError, LayerError,
                    ImportFailed):
         options = PullOptions(platform=parse_platform(args.platform) if args.platform else None,
-                              creds=creds, ca=args.ca, plain_http=args.plain_http)
+                              creds=creds, ca=args.ca, plain_http=args.plain_http,
+                              lazy=args.lazy)
         done = pull_image(channel, args.reference, name=args.name, options=options,
                           lease=args.lease, progress=bar if sys.stderr.isatty() else None)
     if args.json:
@@ -470,6 +471,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    help="image name (default: the normalized REF)")
     p.add_argument("--platform", default=None, metavar="OS/ARCH[/VARIANT]",
                    help="the manifest to pick from an index (default: this machine's)")
+    p.add_argument("--lazy", action="store_true",
+                   help="eStargz images: download no layer; the daemon makes each from its "
+                        "table of contents and fetches a file's bytes when it is first opened, "
+                        "the rest in the background (the daemon reaches the registry itself: "
+                        "see serve --insecure-registry and --registry-ca)")
     _registry_options(p)
     on_channel(p, _pull)
 

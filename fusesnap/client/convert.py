@@ -1,5 +1,5 @@
 """``fusesnap images convert --estargz NAME NEWNAME``: an image whose layers
-are eStargz (:mod:`fusesnap.client.estargz`), made from an ordinary one.
+are eStargz (:mod:`fusesnap.estargz`), made from an ordinary one.
 
 :func:`convert_image` reads each layer blob of NAME's manifest for this
 platform from the content store (uncompressed, gzip or zstd), checks it
@@ -36,7 +36,6 @@ from fusesnap.client.commit import (
     LAYER_GZIP,
     UNCOMPRESSED_LABEL,
 )
-from fusesnap.client.estargz import EstargzError, write_estargz
 from fusesnap.client.export import blob_stream
 from fusesnap.client.importer import (
     REF_SNAPSHOT,
@@ -47,6 +46,7 @@ from fusesnap.client.importer import (
     leased,
     record_image,
 )
+from fusesnap.estargz import EstargzError, write_estargz
 from fusesnap.layertar import decompressed
 from fusesnap.pb import images_pb2 as ipb
 

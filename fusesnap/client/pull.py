@@ -20,6 +20,7 @@ nothing stored already.
 from __future__ import annotations
 
 import concurrent.futures
+import secrets
 import threading
 import time
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ from fusesnap.client.archive import (
 )
 from fusesnap.client.importer import (
     REF_SNAPSHOT,
+    SNAPSHOTTER,
     Client,
     Imported,
     ProgressFactory,
@@ -44,6 +46,12 @@ from fusesnap.client.importer import (
     unpack,
 )
 from fusesnap.client.registry import Reference, Registry, RegistryError, docker_credentials
+from fusesnap.estargz import TOC_DIGEST_ANNOTATION as TOC_DIGEST
+from fusesnap.pb import snapshots_pb2 as spb
+
+REF = "containerd.io/snapshot.ref"
+LAYER_DIGEST = "containerd.io/snapshot/cri.layer-digest"
+IMAGE_REF = "containerd.io/snapshot/cri.image-ref"
 
 PARALLEL = 4
 """Blobs downloaded at once."""
@@ -58,6 +66,9 @@ class PullOptions:
     """None: from the Docker config file, if it has any for the host."""
     ca: str | None = None
     plain_http: bool = False
+    lazy: bool = False
+    """Layers are not downloaded: the daemon makes them from their eStargz
+    TOCs and fetches files as they are opened (fusesnap/remote.py)."""
 
 
 def parse_platform(text: str) -> Platform:
@@ -82,9 +93,14 @@ def pull_image(channel: grpc.Channel, reference: str, *, name: str | None = None
     image = resolve(registry, registry.target(), options.platform)
     if options.platform is not None and not image.indexes:
         _check_platform(registry, image, options.platform)
+    if options.lazy:
+        _check_lazy(image)
     with leased(Client(channel), lease, "pull", keep_on_failure=True) as client:
-        _fetch(client, registry, image, progress)
-        applied = unpack(client, registry, image, progress)
+        _fetch(client, registry, image, progress, layers=not options.lazy)
+        if options.lazy:
+            applied = _unpack_lazily(client, ref, image)
+        else:
+            applied = unpack(client, registry, image, progress)
         record_image(client, name or str(ref), image.target)
     return Imported(name or str(ref), image.target, image.chain_ids, applied)
 
@@ -104,10 +120,52 @@ pull does; the last pull's repository, not a list); push tries a
 cross-repository mount from the repositories it names."""
 
 
+def _check_lazy(image: Resolved) -> None:
+    for i, layer in enumerate(image.layers):
+        if not layer.annotations.get(TOC_DIGEST):
+            raise RegistryError(
+                f"layer {i + 1} ({layer.digest}) has no {TOC_DIGEST} annotation, so it is "
+                "not eStargz and cannot be pulled lazily; pull without --lazy, or make an "
+                "eStargz image with 'fusesnap images convert --estargz' and push that")
+
+
+def _unpack_lazily(client: Client, ref: Reference, image: Resolved) -> list[str]:
+    """Each layer made by the daemon from its TOC: a remote-snapshot Prepare
+    (spec §2.5), answered AlreadyExists. Returns the chain IDs made."""
+    made: list[str] = []
+    parent = ""
+    for layer, chain_id in zip(image.layers, image.chain_ids, strict=True):
+        if not client.committed(chain_id):
+            key = f"{chain_id}-extract-{secrets.token_hex(6)}"
+            labels = {REF: chain_id, LAYER_DIGEST: layer.digest, IMAGE_REF: str(ref),
+                      TOC_DIGEST: layer.annotations[TOC_DIGEST]}
+            try:
+                client.snapshots.Prepare(spb.PrepareSnapshotRequest(
+                    snapshotter=SNAPSHOTTER, key=key, parent=parent, labels=labels),
+                    metadata=client.metadata)
+            except grpc.RpcError as err:
+                if isinstance(err, grpc.Call) and err.code() == grpc.StatusCode.ALREADY_EXISTS:
+                    made.append(chain_id)
+                    parent = chain_id
+                    continue
+                raise
+            client.snapshots.Remove(spb.RemoveSnapshotRequest(snapshotter=SNAPSHOTTER,
+                                                              key=key),
+                                    metadata=client.metadata)
+            raise RegistryError(
+                f"the daemon did not make layer {layer.digest} lazily (its log says why; for "
+                f"a registry on plain HTTP it needs serve --insecure-registry {ref.host}, "
+                "for a private CA serve --registry-ca FILE, for credentials its user's "
+                "Docker config file)")
+        parent = chain_id
+    return made
+
+
 def _fetch(client: Client, registry: Registry, image: Resolved,
-           progress: ProgressFactory | None) -> None:
-    """Every blob of `image` into the content store: layers and config in
-    parallel, then the documents that name them."""
+           progress: ProgressFactory | None, layers: bool = True) -> None:
+    """Every blob of `image` into the content store (without `layers`, all
+    but the layers): layers and config in parallel, then the documents that
+    name them."""
     stop = threading.Event()  # set on a failure or Ctrl-C: the downloads end at their next read
 
     def store(desc: ArchiveDescriptor, labels: dict[str, str]) -> None:
@@ -145,6 +203,8 @@ def _fetch(client: Client, registry: Registry, image: Resolved,
             labels = {**labels, **source}
             if desc == image.config and image.layers:
                 labels = {**labels, REF_SNAPSHOT: image.chain_ids[-1]}
+            if desc in image.layers and not layers:
+                continue
             if desc in image.layers or desc == image.config:
                 if desc.digest not in started:
                     started.add(desc.digest)

@@ -23,6 +23,7 @@ import pyfuse3
 
 from fusesnap.errors import ResourceExhausted
 from fusesnap.layerfs.stats import FuseStats
+from fusesnap.remote import RemoteLayers
 from fusesnap.snapshots.layers import NAME_MAX, ROOT_OID, Attr, LayerTree, OpenFile, View
 from fusesnap.snapshots.snapshotter import Snapshotter
 from fusesnap.store.space import NO_SPACE
@@ -78,12 +79,15 @@ class LayerFS(pyfuse3.Operations):
     # kernel keeps it, and following a link sends no READLINK.
     enable_symlink_caching = True
 
-    def __init__(self, snapshotter: Snapshotter, stats: FuseStats | None = None) -> None:
+    def __init__(self, snapshotter: Snapshotter, stats: FuseStats | None = None,
+                 remote: RemoteLayers | None = None) -> None:
         super().__init__()
         if stats is not None:
             for name, opcode in OPCODES.items():
                 setattr(self, name, stats.timed(opcode, getattr(self, name)))
         self.snapshotter = snapshotter
+        self.remote = remote
+        """Lazy layers: a file's bytes are fetched before it is opened."""
         self.tree: LayerTree = snapshotter.tree
         self.files = self.tree.files
         self.uid = os.getuid()
@@ -217,6 +221,8 @@ class LayerFS(pyfuse3.Operations):
         if inode == pyfuse3.ROOT_INODE:
             raise pyfuse3.FUSEError(errno.EPERM)
         view, oid = self._view(inode)
+        if fields.update_size and self.remote is not None and self.remote.pending:
+            await self._fetch(view, oid)  # a truncate copies the bytes kept
         a = self._call(
             self.tree.setattr, view, oid,
             mode=attr.st_mode if fields.update_mode else None,
@@ -355,7 +361,17 @@ class LayerFS(pyfuse3.Operations):
 
     async def open(self, inode: int, flags: int, ctx: Any) -> pyfuse3.FileInfo:
         view, oid = self._view(inode)
+        if self.remote is not None and self.remote.pending:
+            await self._fetch(view, oid)
         return self._new_handle(self._call(self.tree.open, view, oid, flags))
+
+    async def _fetch(self, view: View, oid: int) -> None:
+        """Bytes of `oid` still in a lazy layer's registry: here first (EIO if not)."""
+        assert self.remote is not None
+        try:
+            await self.remote.ensure(view, self._call(view.attr, oid))
+        except OSError as e:
+            raise pyfuse3.FUSEError(e.errno or errno.EIO) from None
 
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
                      ctx: pyfuse3.RequestContext

@@ -112,7 +112,7 @@ def _show(parts: Parts) -> str:
     return show_path(tuple(os.fsdecode(p) for p in parts))
 
 
-def _change(member: tarfile.TarInfo) -> Change:
+def member_change(member: tarfile.TarInfo) -> Change:
     what, parts = classify(member)
     if what != "entry":
         return Change(what, _bytes(parts))
@@ -164,7 +164,7 @@ def read_layer(source: IO[bytes], staging: str) -> ReadLayer:
     try:
         with LayerStream(source) as layer:
             for member in layer.members():
-                e = _change(member)
+                e = member_change(member)
                 if e.what == "file":
                     e.staged = f"{staging}{len(staged)}"
                     staged.append(e.staged)

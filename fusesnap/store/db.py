@@ -188,6 +188,24 @@ CREATE TABLE IF NOT EXISTS images (
     updated_ns INTEGER NOT NULL,
     PRIMARY KEY (namespace, name)
 ) WITHOUT ROWID;
+
+-- Lazy layers (fusesnap/remote.py): committed snapshots made from an eStargz
+-- layer's TOC, whose files' bytes are fetched from the registry on first use.
+CREATE TABLE IF NOT EXISTS remote_layers (
+    sid INTEGER PRIMARY KEY,
+    image TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    payload_end INTEGER NOT NULL,
+    toc BLOB NOT NULL
+);
+-- Their regular files whose bytes are not there yet (by TOC name).
+CREATE TABLE IF NOT EXISTS remote_files (
+    sid INTEGER NOT NULL,
+    oid INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    PRIMARY KEY (sid, oid)
+) WITHOUT ROWID;
 """
 
 

@@ -183,6 +183,10 @@ class Files:
             layer, size = self.rows.base_of(a.oid, layer)
         return chain
 
+    def lower_layers(self, a: Attr) -> list[int]:
+        """The layers of `a`'s data chain below its backing file, top first."""
+        return [layer for layer, _ in self._lower_chain(a)]
+
     def _attach_lower(self, of: OpenFile) -> None:
         """Open the rest of the data chain of `of`'s object (none when whole)."""
         of.drop_lower()
