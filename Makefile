@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 # neither does the VM (its suite runs with WITH_VAGRANT=0).
 WITH_VAGRANT ?= 1
 
-.PHONY: setup run link install-service test lint proto clean bench bench-content bench-images \
+.PHONY: setup run link install-service test lint proto clean bench bench-content bench-images bench-pull \
         vagrant-test
 
 # The one set-up path: `make run`, `make test`, .ci/run and the VM all go through it.
@@ -46,6 +46,10 @@ bench-content: setup
 
 bench-images: setup
 	$(PY) bench/images.py --json results/images.json
+
+# Registry pulls (issue 20): fusesnap, ctr pull (native), skopeo+umoci; lazy pulls.
+bench-pull: setup
+	$(PY) bench/pull.py --images rich,random --lazy --json results/pull.json
 
 # The filesystem benchmark of issue 6: native, overlayfs, fuse-overlayfs and
 # fusesnap side by side (as root: it mounts overlayfs and drops caches).

@@ -75,7 +75,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # `python bench/images.py` puts bench/ first, not the repository
     sys.path.insert(0, str(REPO))
 
-from fusesnap.cli import client  # noqa: E402
+from fusesnap.cli import common as client  # noqa: E402
 from fusesnap.client.importer import import_archive  # noqa: E402
 from tests import oci  # noqa: E402
 from tests.conftest import Daemon  # noqa: E402
@@ -91,6 +91,12 @@ PROFILE_IMAGE = "rich"
 TIMEOUT = 1200
 IMAGES: dict[str, Callable[[], oci.Image]] = {
     "busybox": oci.busybox_image, "rich": oci.rich_image, "many": oci.many_layers_image}
+
+
+def one_line(failure: str | None) -> str:
+    """A failed sample's reason as one line of at most 160 characters."""
+    text = " ".join((failure or "no figure").split())
+    return text if len(text) < 160 else text[:157] + "…"
 
 
 class Failed(Exception):
@@ -495,8 +501,7 @@ def report(table: dict[str, list[Row]], images: dict[str, Prepared], reps: int,
         for row in rows:
             m = row.median()
             if m is None:
-                failure = " ".join((row.failure or "no figure").split())
-                failure = failure if len(failure) < 160 else failure[:157] + "…"
+                failure = one_line(row.failure)
                 print(f"  {row.backend.label:34}{'':>22}{'':>8}  {failure}")
                 continue
             figure = f"{m:6.2f} ({min(row.seconds):.2f}–{max(row.seconds):.2f})"

@@ -400,7 +400,7 @@ class RemoteLayers:
             path = self.snapshotter.tree.files.data_path(layer.sid, f.oid)
             try:
                 await trio.to_thread.run_sync(_fill, layer, f.name, path, blob)
-            except (RegistryError, estargz.EstargzError, OSError) as e:
+            except Exception as e:  # a read must get EIO, not the daemon's exception
                 log.error("layer %s of %s: %s: cannot fetch its bytes: %s",
                           layer.digest, layer.image, f.name, e)
                 raise OSError(5, os.strerror(5)) from None
@@ -421,7 +421,7 @@ class RemoteLayers:
                 try:
                     await self._download(layer)
                     return
-                except (RegistryError, estargz.EstargzError, OSError) as e:
+                except Exception as e:  # a background task must not end the daemon
                     log.warning("layer %s of %s: background download, attempt %d of %d: %s",
                                 layer.digest, layer.image, attempt + 1, RETRIES, e)
                 await trio.sleep(2 ** attempt)
