@@ -34,6 +34,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import datetime
+import errno
 import hashlib
 import json
 import logging
@@ -52,12 +53,13 @@ from fusesnap import estargz
 from fusesnap.content.store import DATA, ContentStore
 from fusesnap.digests import parse
 from fusesnap.distribution import Reference, RegistryError, Session, docker_credentials
-from fusesnap.errors import AlreadyExists, InvalidArgument, NotFound
+from fusesnap.errors import AlreadyExists, InvalidArgument, NotFound, ResourceExhausted
 from fusesnap.leases.store import Holder
 from fusesnap.snapshots.apply import STAGING, Change, LayerWriter, batches, discard, member_change
 from fusesnap.snapshots.layers import ROOT_OID, Attr, View
 from fusesnap.snapshots.snapshotter import Snapshotter
 from fusesnap.store.metastore import Kind
+from fusesnap.store.space import NO_SPACE
 
 log = logging.getLogger(__name__)
 
@@ -398,12 +400,24 @@ class RemoteLayers:
                 return
             layer = f.layer
             path = self.snapshotter.tree.files.data_path(layer.sid, f.oid)
+            space = self.snapshotter.tree.space
+            try:
+                space.check()  # a full disk: ENOSPC, as a write through the mount gets
+            except ResourceExhausted as e:
+                raise OSError(errno.ENOSPC, str(e)) from None
             try:
                 await trio.to_thread.run_sync(_fill, layer, f.name, path, blob)
+            except OSError as e:
+                if e.errno in NO_SPACE:
+                    space.exhausted(f"fetching {f.name} of layer {layer.digest}")
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)) from None
+                log.error("layer %s of %s: %s: cannot fetch its bytes: %s",
+                          layer.digest, layer.image, f.name, e)
+                raise OSError(errno.EIO, os.strerror(errno.EIO)) from None
             except Exception as e:  # a read must get EIO, not the daemon's exception
                 log.error("layer %s of %s: %s: cannot fetch its bytes: %s",
                           layer.digest, layer.image, f.name, e)
-                raise OSError(5, os.strerror(5)) from None
+                raise OSError(errno.EIO, os.strerror(errno.EIO)) from None
             if layer.sid in self.layers:
                 with self.db.transaction():
                     self.db.execute("DELETE FROM remote_files WHERE sid = ? AND oid = ?",

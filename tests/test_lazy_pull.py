@@ -295,3 +295,32 @@ def test_a_toc_that_points_outside_its_layer_is_refused(new_daemon: type[Daemon]
     listed = [i for r in stub.List(spb.ListSnapshotsRequest(snapshotter="fusesnap"))
               for i in r.info]
     assert listed == []
+
+
+def test_a_full_disk_refuses_a_fetch_with_enospc_and_the_daemon_serves_on(
+        new_daemon: type[Daemon], proxy: Proxy, tmp_path: Path) -> None:
+    from tests.test_full_disk import fill_file, tmpfs
+    for small in tmpfs(tmp_path / "small", "64m"):
+        d = new_daemon(root=small / "root", args=("--insecure-registry", proxy.host)).start()
+        cli = Cli(d)
+        proxy.tail_only = True  # nothing fetched in the background meanwhile
+        cli.ok("images", "pull", "--lazy", "--plain-http", ref(proxy))
+        root = Path(cli.ok("images", "mount", ref(proxy)).strip())
+        work = Path(cli.ok("images", "prepare", ref(proxy), "work").strip())
+        assert fill_file(work / "filler") == errno.ENOSPC
+        proxy.tail_only = False
+        with pytest.raises(OSError) as err:
+            (root / "d" / "big").read_bytes()
+        assert err.value.errno == errno.ENOSPC
+        os.unlink(work / "filler")
+        # Space back (the daemon looks every second): the same read works.
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                assert (root / "d" / "big").read_bytes() == BIG
+                break
+            except OSError as e:
+                if e.errno != errno.ENOSPC or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+        d.stop()
