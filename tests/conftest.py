@@ -67,7 +67,9 @@ class Daemon:
         while True:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"fusesnap exited with {self.proc.returncode}:\n{self.logs()}")
-            if self.log.read_bytes()[start:].rstrip().endswith(b"serving") and \
+            # Lines may follow "serving" at once (lazy layers completing).
+            if any(line.endswith(b" serving") for line in
+                   self.log.read_bytes()[start:].splitlines()) and \
                     os.path.ismount(self.mountpoint):
                 break
             if time.monotonic() > deadline:
