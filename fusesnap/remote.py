@@ -50,6 +50,7 @@ from typing import Any
 import trio
 
 from fusesnap import estargz
+from fusesnap import labels as labels_
 from fusesnap.content.store import DATA, ContentStore
 from fusesnap.digests import parse
 from fusesnap.distribution import Reference, RegistryError, Session, docker_credentials
@@ -63,9 +64,9 @@ from fusesnap.store.space import NO_SPACE
 
 log = logging.getLogger(__name__)
 
-REF = "containerd.io/snapshot.ref"
-LAYER_DIGEST = "containerd.io/snapshot/cri.layer-digest"
-IMAGE_REF = "containerd.io/snapshot/cri.image-ref"
+REF = labels_.SNAPSHOT_REF
+LAYER_DIGEST = labels_.CRI_LAYER_DIGEST
+IMAGE_REF = labels_.CRI_IMAGE_REF
 TOC_DIGEST = estargz.TOC_DIGEST_ANNOTATION
 REMOTE = "containerd.io/snapshot/remote"
 

@@ -47,11 +47,10 @@ from fusesnap.client.importer import (
 )
 from fusesnap.client.registry import Reference, Registry, RegistryError, docker_credentials
 from fusesnap.estargz import TOC_DIGEST_ANNOTATION as TOC_DIGEST
+from fusesnap.labels import CRI_IMAGE_REF as IMAGE_REF
+from fusesnap.labels import CRI_LAYER_DIGEST as LAYER_DIGEST
+from fusesnap.labels import SNAPSHOT_REF as REF
 from fusesnap.pb import snapshots_pb2 as spb
-
-REF = "containerd.io/snapshot.ref"
-LAYER_DIGEST = "containerd.io/snapshot/cri.layer-digest"
-IMAGE_REF = "containerd.io/snapshot/cri.image-ref"
 
 PARALLEL = 4
 """Blobs downloaded at once."""
