@@ -439,7 +439,8 @@ class RemoteLayers:
                 except Exception as e:  # a background task must not end the daemon
                     log.warning("layer %s of %s: background download, attempt %d of %d: %s",
                                 layer.digest, layer.image, attempt + 1, RETRIES, e)
-                await trio.sleep(2 ** attempt)
+                if attempt + 1 < RETRIES:
+                    await trio.sleep(2 ** attempt)
             log.error("layer %s of %s: left lazy until the next start", layer.digest,
                       layer.image)
 

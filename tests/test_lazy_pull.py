@@ -130,7 +130,7 @@ def stat_tree(root: Path) -> dict[str, tuple[int, int, int, int]]:
 
 
 def test_lazy_pull_reads_every_file_right_and_completes(lazy: Cli, proxy: Proxy,
-                                                        expected: Tree) -> None:
+                                                        expected: Tree, tmp_path: Path) -> None:
     out = lazy.ok("images", "pull", "--lazy", "--plain-http", ref(proxy))
     assert out.split()[0] == ref(proxy)
     root = Path(lazy.ok("images", "mount", ref(proxy)).strip())
@@ -145,6 +145,11 @@ def test_lazy_pull_reads_every_file_right_and_completes(lazy: Cli, proxy: Proxy,
     assert all(r for d, r in asked if d in layers), asked
     wait_complete(lazy, layers)
     assert_same_tree(host_tree(root), expected)
+    # Complete, the image exports as any other (every blob is in the store).
+    archive = tmp_path / "lazy-export.tar"
+    lazy.ok("images", "export", ref(proxy), str(archive))
+    with tarfile.open(archive) as tar:
+        assert {f"blobs/sha256/{d.partition(':')[2]}" for d in layers} <= set(tar.getnames())
 
 
 def test_the_tree_shows_before_any_file_byte_and_reads_fail_with_eio(
