@@ -15,13 +15,13 @@ from fusesnap.quoting import quote
 __all__ = ["MAX_LABEL_SIZE", "apply_mask", "clean", "validate"]
 
 MAX_LABEL_SIZE = 4096
+"""Largest allowed ``len(key) + len(value)`` of one label, in UTF-8 bytes."""
 
 # containerd's remote-snapshot Prepare (spec §2.5), as CRI sends it for a layer.
 SNAPSHOT_REF = "containerd.io/snapshot.ref"
 """The chain ID the Prepare's layer is to be committed as."""
 CRI_LAYER_DIGEST = "containerd.io/snapshot/cri.layer-digest"
 CRI_IMAGE_REF = "containerd.io/snapshot/cri.image-ref"
-"""Largest allowed ``len(key) + len(value)`` of one label, in UTF-8 bytes."""
 
 _LABELS = "labels"
 _LABEL_PREFIX = "labels."

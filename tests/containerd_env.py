@@ -4,8 +4,10 @@
 directory and socket of its own, with a version 2 config that declares one
 fusesnap socket both as a ``snapshot`` proxy plugin (``fusesnap``) and as a
 ``content`` proxy plugin (``fusesnap-content``) and disables the built-in
-content store, as spec §9.1 says; CRI and every plugin that needs a network or
-a special filesystem are disabled. :meth:`Containerd.ctr` runs ``ctr`` against
+content store, as spec §9.1 says; every plugin that needs a network or a special
+filesystem is disabled, and CRI too unless a :class:`Cri` is given (then
+containerd's CRI plugin serves on the same socket, with fusesnap as its
+snapshotter). :meth:`Containerd.ctr` runs ``ctr`` against
 it. Without a fusesnap socket it is a plain containerd instead: its built-in
 content store and ``native`` snapshotter, no proxy plugins (where the tests
 import what fusesnap exports). :meth:`Containerd.stop` leaves nothing behind: tasks, shims, runc
@@ -20,6 +22,7 @@ import shutil
 import signal
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 CONTAINERD = "/usr/bin/containerd"
@@ -32,9 +35,11 @@ START_TIMEOUT = 30.0
 SHIM_SOCKETS = Path("/run/containerd/s")  # fixed in containerd 1.6 (runtime/v2/shim)
 
 BUILTIN_CONTENT = "io.containerd.content.v1.content"
+CRI_PLUGIN = "io.containerd.grpc.v1.cri"
+CRI_NAMESPACE = "k8s.io"  # where containerd's CRI plugin keeps its images and containers
 DISABLED = [
     BUILTIN_CONTENT,  # spec §9.1: our proxy must be the only content store
-    "io.containerd.grpc.v1.cri",
+    CRI_PLUGIN,
     "io.containerd.snapshotter.v1.aufs",
     "io.containerd.snapshotter.v1.btrfs",
     "io.containerd.snapshotter.v1.devmapper",
@@ -54,6 +59,21 @@ def unavailable() -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class Cri:
+    """containerd's CRI plugin, enabled, with these settings."""
+
+    sandbox_image: str
+    """The image of every pod's sandbox ("pause") container: it must keep
+    running (its command never ends)."""
+    plain_http: tuple[str, ...] = ()
+    """Registry hosts (HOST:PORT) that CRI reaches over plain HTTP."""
+    snapshot_annotations: bool = True
+    """Whether CRI's pulls pass each layer's annotations to the snapshotter's
+    Prepare as labels (`disable_snapshot_annotations = false`): what makes a
+    remote snapshotter's lazy layers possible."""
+
+
 class CtrError(AssertionError):
     """A failed `ctr`, with containerd's last error and warning lines."""
 
@@ -70,12 +90,14 @@ class Containerd:
     """One containerd process on `base` (its root, state, socket, config, log)."""
 
     def __init__(self, base: Path, fusesnap_socket: Path | None,
-                 namespace: str = NAMESPACE, log_level: str = "debug") -> None:
+                 namespace: str = NAMESPACE, log_level: str = "debug",
+                 cri: Cri | None = None) -> None:
         self.base = base
         self.log_level = log_level  # debug for the tests' failure reports; a benchmark logs less
         self.fusesnap_socket = fusesnap_socket
         self.snapshotter = SNAPSHOTTER if fusesnap_socket is not None else NATIVE
-        self.namespace = namespace
+        self.cri = cri
+        self.namespace = CRI_NAMESPACE if cri is not None else namespace
         self.root = base / "root"
         self.state = base / "state"
         self.runc_root = base / "runc"
@@ -85,7 +107,9 @@ class Containerd:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def config_text(self) -> str:
-        plugins = [p for p in DISABLED if self.fusesnap_socket is not None or p != BUILTIN_CONTENT]
+        plugins = [p for p in DISABLED
+                   if (self.fusesnap_socket is not None or p != BUILTIN_CONTENT)
+                   and (self.cri is None or p != CRI_PLUGIN)]
         disabled = ", ".join(f'"{p}"' for p in plugins)
         return f"""\
 version = 2
@@ -113,7 +137,7 @@ disabled_plugins = [{disabled}]
 [plugins."io.containerd.gc.v1.scheduler"]
   pause_threshold = 0.5
   deletion_threshold = 1
-{self._proxy_plugins()}"""
+{self._proxy_plugins()}{self._cri_plugin()}"""
 
     def _proxy_plugins(self) -> str:
         if self.fusesnap_socket is None:
@@ -128,8 +152,51 @@ disabled_plugins = [{disabled}]
     address = "{self.fusesnap_socket}"
 """
 
+    def _cri_plugin(self) -> str:
+        """CRI's section: host-network pods only (no CNI plugins are installed:
+        the CNI directories are empty), runc's state under `runc_root` as
+        for `ctr run`, and the `plain_http` registries as mirrors of
+        themselves over http://."""
+        if self.cri is None:
+            return ""
+        cri = f'plugins."{CRI_PLUGIN}"'
+        mirrors = "".join(f"""
+[{cri}.registry.mirrors."{host}"]
+  endpoint = ["http://{host}"]
+""" for host in self.cri.plain_http)
+        return f"""
+[{cri}]
+  sandbox_image = "{self.cri.sandbox_image}"
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+  disable_apparmor = true
+  enable_selinux = false
+  # A sandbox asks for oom_score_adj -998, which lowering needs CAP_SYS_RESOURCE;
+  # where containerd lacks it (a container, as CI's machines may be), runc
+  # fails. Restricted, no process gets a lower one than containerd's own.
+  restrict_oom_score_adj = true
+
+[{cri}.containerd]
+  snapshotter = "{self.snapshotter}"
+  disable_snapshot_annotations = {str(not self.cri.snapshot_annotations).lower()}
+  default_runtime_name = "runc"
+
+[{cri}.containerd.runtimes.runc]
+  runtime_type = "io.containerd.runc.v2"
+
+[{cri}.containerd.runtimes.runc.options]
+  Root = "{self.runc_root}"
+
+[{cri}.cni]
+  bin_dir = "{self.base / 'cni' / 'bin'}"
+  conf_dir = "{self.base / 'cni' / 'conf'}"
+{mirrors}"""
+
     def start(self) -> Containerd:
-        for d in (self.root, self.state, self.runc_root):
+        dirs = [self.root, self.state, self.runc_root]
+        if self.cri is not None:
+            dirs += [self.base / "cni" / "bin", self.base / "cni" / "conf"]
+        for d in dirs:
             d.mkdir(parents=True, exist_ok=True)
         self.config.write_text(self.config_text())
         with open(self.log, "ab") as log:
