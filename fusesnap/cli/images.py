@@ -93,25 +93,14 @@ import grpc
 from fusesnap.cli import add_socket_option, common
 from fusesnap.cli.content import ProgressBar, age, labels_text
 from fusesnap.cli.snapshots import directory, mount_json
-from fusesnap.client.archive import ArchiveError
-from fusesnap.client.commit import BASE_LABEL, CommitFailed, commit_image
-from fusesnap.client.convert import ConvertFailed, convert_image
-from fusesnap.client.export import export_image
-from fusesnap.client.importer import (
-    SNAPSHOTTER,
-    Client,
-    ImportFailed,
-    LayerError,
-    import_archive,
-    top_chain_id,
-)
-from fusesnap.client.pull import PullOptions, parse_platform, pull_image
-from fusesnap.client.push import push_image
-from fusesnap.client.registry import RegistryError
 from fusesnap.pb import descriptor_pb2
 from fusesnap.pb import images_pb2 as ipb
 from fusesnap.pb import snapshots_pb2 as spb
 from fusesnap.pb.images_pb2_grpc import ImagesStub
+
+# The client modules (registries, archives, eStargz, layers) are imported by
+# the handlers that use them, when they run: each command pays at start-up
+# only for its own code (every `fusesnap` process starts anew).
 
 _COLUMNS = ["name", "type", "digest", "size", "age", "labels"]
 
@@ -196,6 +185,9 @@ def _rm(args: argparse.Namespace, stub: ImagesStub) -> None:
 
 
 def _import(args: argparse.Namespace, channel: grpc.Channel) -> None:
+    from fusesnap.client.archive import ArchiveError
+    from fusesnap.client.importer import ImportFailed, LayerError, import_archive
+
     def bar(label: str, total: int) -> ProgressBar:
         return ProgressBar(sys.stderr, label, 0, total)
 
@@ -277,6 +269,11 @@ def _reported(what: str, *errors: type[Exception]) -> Iterator[None]:
 
 
 def _pull(args: argparse.Namespace, channel: grpc.Channel) -> None:
+    from fusesnap.client.archive import ArchiveError
+    from fusesnap.client.importer import ImportFailed, LayerError
+    from fusesnap.client.pull import PullOptions, parse_platform, pull_image
+    from fusesnap.client.registry import RegistryError
+
     lines = _Lines(sys.stderr)
     bar = lines.bar
     creds = _creds(args)
@@ -296,6 +293,11 @@ def _pull(args: argparse.Namespace, channel: grpc.Channel) -> None:
 
 
 def _push(args: argparse.Namespace, channel: grpc.Channel) -> None:
+    from fusesnap.client.archive import ArchiveError
+    from fusesnap.client.pull import PullOptions
+    from fusesnap.client.push import push_image
+    from fusesnap.client.registry import RegistryError
+
     bar = _Lines(sys.stderr).bar
     options = PullOptions(creds=_creds(args), ca=args.ca, plain_http=args.plain_http)
     with _reported(f"push {args.name}", RegistryError, ArchiveError):
@@ -312,6 +314,10 @@ def _push(args: argparse.Namespace, channel: grpc.Channel) -> None:
 
 
 def _on_image(args: argparse.Namespace, channel: grpc.Channel, key: str, view: bool) -> None:
+    from fusesnap.client.archive import ArchiveError
+    from fusesnap.client.commit import BASE_LABEL
+    from fusesnap.client.importer import SNAPSHOTTER, Client, top_chain_id
+
     client = Client(channel)
     try:
         parent = top_chain_id(client, args.name)
@@ -341,6 +347,9 @@ def _mount(args: argparse.Namespace, channel: grpc.Channel) -> None:
 
 
 def _commit(args: argparse.Namespace, channel: grpc.Channel) -> None:
+    from fusesnap.client.archive import ArchiveError
+    from fusesnap.client.commit import CommitFailed, commit_image
+
     try:
         done = commit_image(channel, args.key, args.name, base=args.base, lease=args.lease)
     except (ArchiveError, CommitFailed) as err:
@@ -354,6 +363,10 @@ def _commit(args: argparse.Namespace, channel: grpc.Channel) -> None:
 
 
 def _convert(args: argparse.Namespace, channel: grpc.Channel) -> None:
+    from fusesnap.client.archive import ArchiveError
+    from fusesnap.client.convert import ConvertFailed, convert_image
+    from fusesnap.client.importer import LayerError
+
     if not args.estargz:
         raise common.CommandError("convert: give --estargz (eStargz is the only conversion)")
     try:
@@ -371,6 +384,9 @@ def _convert(args: argparse.Namespace, channel: grpc.Channel) -> None:
 
 
 def _export(args: argparse.Namespace, channel: grpc.Channel) -> None:
+    from fusesnap.client.archive import ArchiveError
+    from fusesnap.client.export import export_image
+
     # The image must exist before anything is created or replaced.
     ImagesStub(channel).Get(ipb.GetImageRequest(name=args.name))
     with common.output(args.archive, args.force, "an image archive") as out:
