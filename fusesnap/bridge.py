@@ -8,7 +8,7 @@ per RPC. Nothing else in fusesnap knows that threads exist.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import trio
@@ -28,5 +28,12 @@ class TrioBridge:
             return trio.from_thread.run_sync(
                 functools.partial(fn, *args, **kwargs), trio_token=self.token
             )
+        except (trio.RunFinishedError, trio.Cancelled):
+            raise Unavailable("fusesnap is shutting down") from None
+
+    def run(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """Run the async `fn(*args)` on the trio thread and return its result."""
+        try:
+            return trio.from_thread.run(fn, *args, trio_token=self.token)
         except (trio.RunFinishedError, trio.Cancelled):
             raise Unavailable("fusesnap is shutting down") from None

@@ -381,9 +381,9 @@ class RemoteLayers:
 
     # ------------------------------------------------------------------ reads
 
-    async def ensure(self, view: View, a: Attr) -> None:
-        """Before `a`'s bytes are opened in `view`: fetch those still remote
-        (its own layer's and those of the layers below that show through);
+    async def ensure(self, a: Attr) -> None:
+        """Before `a`'s bytes are opened: fetch those still remote (its own
+        layer's and those of the layers below that show through);
         OSError(EIO) if they cannot be had."""
         if not stat.S_ISREG(a.mode) or a.data is None:
             return
@@ -394,6 +394,13 @@ class RemoteLayers:
             f = self.pending.get((layer, a.oid))
             if f is not None:
                 await self._fetch(f)
+
+    async def ensure_all(self, files: Iterable[Attr]) -> None:
+        """Before the daemon itself reads the bytes of `files` (a Diff's tar):
+        :meth:`ensure` for each; OSError(EIO) if some cannot be had."""
+        if self.pending:
+            for a in files:
+                await self.ensure(a)
 
     async def _fetch(self, f: _File, blob: str | None = None) -> None:
         async with f.lock:

@@ -18,6 +18,7 @@ import io
 import json
 import os
 import stat
+import subprocess
 import tarfile
 import time
 from collections.abc import Iterator
@@ -35,7 +36,7 @@ from tests import oci, registry_env
 from tests.conftest import Daemon, module_daemon
 from tests.registry_env import Proxy, Registry
 from tests.test_estargz import BIG, EXACT, EXTRA, NAME, NEW, source_image
-from tests.test_images_import import Cli
+from tests.test_images_import import COMMAND, Cli
 from tests.trees import Tree, assert_same_tree, host_tree
 
 pytestmark = pytest.mark.skipif(bool(registry_env.missing()), reason=registry_env.missing())
@@ -179,6 +180,30 @@ def test_a_written_file_of_a_lazy_layer_is_copied_up_whole(lazy: Cli, proxy: Pro
     assert (work / "d" / "big").read_bytes() == BIG[:5] + b"XY" + BIG[7:]
     os.truncate(work / "exact", 10)
     assert (work / "exact").read_bytes() == EXACT[:10]
+
+
+def test_a_diff_holds_the_bytes_of_lazy_files_it_shows_never_zeros(lazy: Cli,
+                                                                  proxy: Proxy) -> None:
+    # A metadata change and a hard link in an upper snapshot put two files of
+    # the lazy layer in its diff, whole, though their bytes stay below.
+    proxy.tail_only = True
+    lazy.ok("images", "pull", "--lazy", "--plain-http", ref(proxy))
+    work = Path(lazy.ok("images", "prepare", ref(proxy), "work").strip())
+    os.chmod(work / "d" / "big", 0o600)
+    os.link(work / "exact", work / "exact-link")
+    # The registry cannot serve them: the diff fails, it never holds zeros.
+    proc = lazy.run("snapshots", "diff", "work")
+    assert proc.returncode == 1 and "cannot serve" in proc.stderr, proc.stderr
+    proxy.tail_only = False
+    with tarfile.open(fileobj=io.BytesIO(subprocess.run(
+            [*COMMAND, "--socket", str(lazy.daemon.socket), "snapshots", "diff", "work"],
+            capture_output=True, check=True, timeout=300).stdout)) as tar:
+        got = {m.name: tar.extractfile(m).read() for m in tar  # type: ignore[union-attr]
+               if m.isreg()}
+        links = {m.name: m.linkname for m in tar if m.islnk()}
+    assert got["d/big"] == BIG
+    assert EXACT in (got.get("exact"), got.get("exact-link"))
+    assert set(links.items()) <= {("exact-link", "exact"), ("exact", "exact-link")}
 
 
 def test_a_plain_image_is_refused_lazily_and_nothing_is_recorded(lazy: Cli,

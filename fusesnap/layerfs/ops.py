@@ -369,7 +369,7 @@ class LayerFS(pyfuse3.Operations):
         """Bytes of `oid` still in a lazy layer's registry: here first (EIO if not)."""
         assert self.remote is not None
         try:
-            await self.remote.ensure(view, self._call(view.attr, oid))
+            await self.remote.ensure(self._call(view.attr, oid))
         except OSError as e:
             raise pyfuse3.FUSEError(e.errno or errno.EIO) from None
 

@@ -92,8 +92,11 @@ class Member:
 class LayerDiff:
     """The entries of one layer's diff, in tar order."""
 
-    def __init__(self, entries: list[Member]) -> None:
+    def __init__(self, entries: list[Member], files: list[Attr]) -> None:
         self.entries = entries
+        self.files = files
+        """The regular files whose bytes the tar holds: a lazy layer's must be
+        fetched (remote.py) before :meth:`chunks` reads their backing files."""
 
     def chunks(self, size: int = CHUNK) -> Iterator[bytes]:
         """The tar, in pieces of about `size` bytes. FailedPrecondition if a
@@ -171,6 +174,7 @@ class _Collector:
         self.objects: dict[Path, Attr] = {}
         self.whiteouts: set[Path] = set()
         self.opaque: set[Path] = set()
+        self.files: list[Attr] = []
 
     # ------------------------------------------------------------ the view's paths
 
@@ -243,7 +247,8 @@ class _Collector:
                 if child not in seen:
                     seen.add(child)
                     todo.append(child)
-        return LayerDiff(self.entries())
+        entries = self.entries()
+        return LayerDiff(entries, self.files)
 
     def add_object(self, oid: int) -> list[int]:
         """Record `oid` under each of its names; for a directory the parent
@@ -309,6 +314,7 @@ class _Collector:
         entry = replace(base, type=kind, xattrs=xattrs)
         if fmt == stat.S_IFREG and a.data is not None and a.size:
             paths, sizes = self.tree.files.data_chain(a)
+            self.files.append(a)
             return replace(entry, size=a.size, data=paths[0], lower=tuple(paths[1:]),
                            lower_sizes=tuple(sizes))
         if fmt == stat.S_IFLNK:
