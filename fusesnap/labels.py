@@ -22,6 +22,9 @@ SNAPSHOT_REF = "containerd.io/snapshot.ref"
 """The chain ID the Prepare's layer is to be committed as."""
 CRI_LAYER_DIGEST = "containerd.io/snapshot/cri.layer-digest"
 CRI_IMAGE_REF = "containerd.io/snapshot/cri.image-ref"
+REMOTE_INGEST = "remote-layer-"
+"""The content ingest a lazy layer's background download writes is this and
+the layer's digest (clients read its progress with Content.Status)."""
 
 _LABELS = "labels"
 _LABEL_PREFIX = "labels."

@@ -1,4 +1,4 @@
-"""Lazy layers: eStargz layers whose files arrive the first time they are opened.
+"""Lazy layers: eStargz layers whose files arrive the first time they are read.
 
 containerd's remote-snapshot protocol (spec §2.5) asks for them: a Prepare
 whose labels name the target (``containerd.io/snapshot.ref``), the layer's
@@ -12,12 +12,13 @@ images pull --lazy`` sends the same Prepare.
 
 Such a layer has every object and entry of an applied layer; a regular
 file's backing file is sparse, of the file's size, and listed in
-``remote_files`` until its bytes are there. Opening it (or truncating it, or
-opening a file of an upper layer whose bytes show it) first fetches its
-chunks with HTTP Range requests, each checked against the TOC's chunk digest
-and the whole file against its digest, then writes them into the backing
-file: a read never sees a byte the TOC does not vouch for, and one the
-registry cannot serve fails with EIO and a log line. Meanwhile the whole
+``remote_files`` until its bytes are there. A read of it fetches the chunks
+it reaches with HTTP Range requests, each checked against the TOC's chunk
+digest, and writes them into the backing file; once every chunk is there the
+whole file is checked against its digest. Opening it to write (or truncating
+it, or opening a file of an upper layer whose bytes show it, or a Diff that
+holds it) fetches it whole first. A read never sees a byte the TOC does not
+vouch for, and one the registry cannot serve fails with EIO and a log line. Meanwhile the whole
 layer is downloaded in the background into a content ingest, checked against
 the layer's digest, used to fill the files not fetched yet, and committed as
 the layer's blob; then the rows go and it is an ordinary committed snapshot.
@@ -54,7 +55,13 @@ from fusesnap import labels as labels_
 from fusesnap.content.store import DATA, ContentStore
 from fusesnap.digests import parse
 from fusesnap.distribution import Reference, RegistryError, Session, docker_credentials
-from fusesnap.errors import AlreadyExists, InvalidArgument, NotFound, ResourceExhausted
+from fusesnap.errors import (
+    AlreadyExists,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    Unavailable,
+)
 from fusesnap.leases.store import Holder
 from fusesnap.snapshots.apply import STAGING, Change, LayerWriter, batches, discard, member_change
 from fusesnap.snapshots.layers import ROOT_OID, Attr, View
@@ -98,12 +105,16 @@ class Access:
 
 
 @dataclass
-class _File:
+class LazyFile:
+    """A regular file of a lazy layer whose bytes are not all here yet."""
+
     layer: _Layer
     oid: int
     name: str
     lock: trio.Lock = field(default_factory=trio.Lock)
     done: bool = False
+    have: set[int] = field(default_factory=set)
+    """Indexes of its chunks fetched and checked so far (reads by range)."""
 
 
 @dataclass
@@ -116,7 +127,7 @@ class _Layer:
     chunks: dict[str, list[estargz.Chunk]]
     digests: dict[str, str]
     session: Session | None = None
-    files: dict[int, _File] = field(default_factory=dict)
+    files: dict[int, LazyFile] = field(default_factory=dict)
 
 
 def _layer(sid: int, image: str, digest: str, size: int, toc: estargz.Toc) -> _Layer:
@@ -226,7 +237,7 @@ class RemoteLayers:
         self.content = content
         self.access = access
         self.layers: dict[int, _Layer] = {}
-        self.pending: dict[tuple[int, int], _File] = {}
+        self.pending: dict[tuple[int, int], LazyFile] = {}
         """Files whose bytes are not there yet, by (layer, oid)."""
         self._nursery: trio.Nursery | None = None
         self._queue: list[_Layer] = []
@@ -257,7 +268,7 @@ class RemoteLayers:
         for sid, oid, name in files:
             owner = self.layers.get(sid)
             if owner is not None:
-                f = owner.files[oid] = _File(owner, oid, name)
+                f = owner.files[oid] = LazyFile(owner, oid, name)
                 self.pending[(sid, oid)] = f
         self._queue.extend(self.layers.values())
 
@@ -368,7 +379,7 @@ class RemoteLayers:
             for parts, name in names.items():
                 oid = _lookup(view, parts)
                 if oid and oid not in layer.files:
-                    layer.files[oid] = _File(layer, oid, name)
+                    layer.files[oid] = LazyFile(layer, oid, name)
                     self.db.execute("INSERT INTO remote_files (sid, oid, name) VALUES (?,?,?)",
                                     (layer.sid, oid, name))
             self.snapshotter.commit(target, build, labels, holder=holder)
@@ -402,40 +413,84 @@ class RemoteLayers:
             for a in files:
                 await self.ensure(a)
 
-    async def _fetch(self, f: _File, blob: str | None = None) -> None:
+    def by_range(self, a: Attr, flags: int) -> LazyFile | None:
+        """The lazy file whose chunks a read-only open of `a` with `flags`
+        leaves to its reads (:meth:`ensure_range`); None when the open must
+        :meth:`ensure` the whole file first (a write, a truncate, bytes that
+        come from more than one layer, or nothing left to fetch)."""
+        if (flags & os.O_ACCMODE) != os.O_RDONLY or flags & os.O_TRUNC:
+            return None
+        if not stat.S_ISREG(a.mode) or a.data is None or a.base is not None:
+            return None
+        return self.pending.get((a.data, a.oid))
+
+    async def ensure_range(self, f: LazyFile, off: int, size: int) -> None:
+        """Before a read of bytes [off, off + size) of lazy file `f`: the
+        chunks that hold them fetched, each checked against its chunk digest;
+        once every chunk is, the whole file is checked against its digest
+        and is no longer lazy. OSError(EIO) if they cannot be had."""
+        chunks = f.layer.chunks.get(f.name, [])
+        want = [i for i, c in enumerate(chunks) if i not in f.have
+                and c.chunk_offset < off + size and off < c.chunk_offset + c.size]
+        if not want or f.done:
+            return
         async with f.lock:
             if f.done:
                 return
-            layer = f.layer
-            path = self.snapshotter.tree.files.data_path(layer.sid, f.oid)
-            space = self.snapshotter.tree.space
-            try:
-                space.check()  # a full disk: ENOSPC, as a write through the mount gets
-            except ResourceExhausted as e:
-                raise OSError(errno.ENOSPC, str(e)) from None
-            try:
-                await trio.to_thread.run_sync(_fill, layer, f.name, path, blob)
-            except OSError as e:
-                if e.errno in NO_SPACE:
-                    space.exhausted(f"fetching {f.name} of layer {layer.digest}")
-                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)) from None
-                log.error("layer %s of %s: %s: cannot fetch its bytes: %s",
-                          layer.digest, layer.image, f.name, e)
-                raise OSError(errno.EIO, os.strerror(errno.EIO)) from None
-            except Exception as e:  # a read must get EIO, not the daemon's exception
-                log.error("layer %s of %s: %s: cannot fetch its bytes: %s",
-                          layer.digest, layer.image, f.name, e)
-                raise OSError(errno.EIO, os.strerror(errno.EIO)) from None
-            if layer.sid in self.layers:
-                with self.db.transaction():
-                    self.db.execute("DELETE FROM remote_files WHERE sid = ? AND oid = ?",
-                                    (layer.sid, f.oid))
-            f.done = True
-            self.pending.pop((layer.sid, f.oid), None)
+            want = [i for i in want if i not in f.have]
+            path = self.snapshotter.tree.files.data_path(f.layer.sid, f.oid)
+            await self._filling(f, _fill, f.layer, f.name, path, None, want)
+            f.have.update(want)
+            if len(f.have) == len(chunks):
+                await self._filling(f, _check_file, f.layer, f.name, path)
+                self._fetched(f)
+
+    async def _fetch(self, f: LazyFile, blob: str | None = None) -> None:
+        async with f.lock:
+            if f.done:
+                return
+            path = self.snapshotter.tree.files.data_path(f.layer.sid, f.oid)
+            await self._filling(f, _fill, f.layer, f.name, path, blob, None)
+            self._fetched(f)
+
+    async def _filling(self, f: LazyFile, fill: Callable[..., None], *args: Any) -> None:
+        """`fill(*args)` in a worker thread, writing bytes of `f`: ENOSPC
+        on a full disk (checked first, as a write through the mount is),
+        EIO and a log line for anything else."""
+        layer = f.layer
+        space = self.snapshotter.tree.space
+        try:
+            space.check()
+        except ResourceExhausted as e:
+            raise OSError(errno.ENOSPC, str(e)) from None
+        try:
+            await trio.to_thread.run_sync(fill, *args)
+        except OSError as e:
+            if e.errno in NO_SPACE:
+                space.exhausted(f"fetching {f.name} of layer {layer.digest}")
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)) from None
+            log.error("layer %s of %s: %s: cannot fetch its bytes: %s",
+                      layer.digest, layer.image, f.name, e)
+            raise OSError(errno.EIO, os.strerror(errno.EIO)) from None
+        except Exception as e:  # a read must get EIO, not the daemon's exception
+            log.error("layer %s of %s: %s: cannot fetch its bytes: %s",
+                      layer.digest, layer.image, f.name, e)
+            raise OSError(errno.EIO, os.strerror(errno.EIO)) from None
+
+    def _fetched(self, f: LazyFile) -> None:
+        """`f`'s bytes are all there and checked: no longer lazy."""
+        layer = f.layer
+        if layer.sid in self.layers:
+            with self.db.transaction():
+                self.db.execute("DELETE FROM remote_files WHERE sid = ? AND oid = ?",
+                                (layer.sid, f.oid))
+        f.done = True
+        self.pending.pop((layer.sid, f.oid), None)
 
     # ------------------------------------------------------------------ background
 
     async def _complete(self, layer: _Layer) -> None:
+        self._announce(layer)
         async with self._slots:
             for attempt in range(RETRIES):
                 if layer.sid not in self.layers:
@@ -451,9 +506,26 @@ class RemoteLayers:
             log.error("layer %s of %s: left lazy until the next start", layer.digest,
                       layer.image)
 
+    def _announce(self, layer: _Layer) -> None:
+        """The layer's download ingest exists from now on, empty until its
+        turn: what a client that needs the blob (export, push) finds with
+        Content.Status, to say why it is missing."""
+        store = self.content
+        try:
+            store.info(layer.digest)
+            return
+        except NotFound:
+            pass
+        try:
+            lock, _ = store.begin_write(labels_.REMOTE_INGEST + layer.digest, layer.size,
+                                        layer.digest)
+        except (AlreadyExists, Unavailable):
+            return
+        store.end_write(lock)
+
     async def _download(self, layer: _Layer) -> None:
         store = self.content
-        ref = f"remote-layer-{layer.digest}"
+        ref = labels_.REMOTE_INGEST + layer.digest
         try:
             store.info(layer.digest)
         except NotFound:
@@ -496,10 +568,12 @@ class RemoteLayers:
             self._drop_rows(sid)
 
 
-def _fill(layer: _Layer, name: str, path: str, blob: str | None) -> None:
+def _fill(layer: _Layer, name: str, path: str, blob: str | None,
+          only: list[int] | None) -> None:
     """In a worker thread: the bytes of file `name` of `layer` written into
-    its backing file `path`, every chunk and the file checked against the
-    TOC; from the local copy `blob` of the layer when given."""
+    its backing file `path`, every chunk checked against the TOC, and the
+    whole file; from the local copy `blob` of the layer when given. With
+    `only`, just those chunks (indexes, ascending), and not the whole file."""
     chunks = layer.chunks.get(name, [])
     if blob is not None:
         bfd = os.open(blob, os.O_RDONLY | os.O_CLOEXEC)
@@ -514,30 +588,50 @@ def _fill(layer: _Layer, name: str, path: str, blob: str | None) -> None:
 
         def read_range(at: int, n: int) -> bytes:
             return session.read_range(layer.digest, at, n)
+    todo = list(range(len(chunks))) if only is None else only
     fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
     try:
         whole = hashlib.sha256()
-        i = 0
-        while i < len(chunks):
-            j = i + 1
-            while j < len(chunks) and chunks[j].end - chunks[i].offset <= REQUEST:
-                j += 1
-            start = chunks[i].offset
-            data = read_range(start, chunks[j - 1].end - start)
-            for c in chunks[i:j]:
-                plain = estargz.read_chunk(data[c.offset - start:c.end - start], c)
+        k = 0
+        while k < len(todo):
+            # One request for the next chunks that follow each other in the
+            # blob, up to REQUEST bytes.
+            first = chunks[todo[k]]
+            n = 1
+            while (k + n < len(todo) and todo[k + n] == todo[k] + n
+                   and chunks[todo[k + n]].end - first.offset <= REQUEST):
+                n += 1
+            data = read_range(first.offset, chunks[todo[k + n - 1]].end - first.offset)
+            for c in (chunks[i] for i in todo[k:k + n]):
+                plain = estargz.read_chunk(data[c.offset - first.offset:c.end - first.offset], c)
                 whole.update(plain)
                 os.pwrite(fd, plain, c.chunk_offset)
-            i = j
-        got = "sha256:" + whole.hexdigest()
-        if got != layer.digests.get(name):
-            raise estargz.EstargzError(f"{name}: digest {got}, the TOC says "
-                                       f"{layer.digests.get(name)}")
-        os.fsync(fd)
+            k += n
+        if only is None:
+            _check_digest(layer, name, whole)
+            os.fsync(fd)
     finally:
         os.close(fd)
         if bfd >= 0:
             os.close(bfd)
+
+
+def _check_file(layer: _Layer, name: str, path: str) -> None:
+    """In a worker thread: file `name`'s backing file, whole now, checked
+    against the TOC's digest of it, and made durable."""
+    whole = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            whole.update(block)
+        _check_digest(layer, name, whole)
+        os.fsync(f.fileno())
+
+
+def _check_digest(layer: _Layer, name: str, whole: Any) -> None:
+    got = "sha256:" + whole.hexdigest()
+    if got != layer.digests.get(name):
+        raise estargz.EstargzError(f"{name}: digest {got}, the TOC says "
+                                   f"{layer.digests.get(name)}")
 
 
 def _download_blob(layer: _Layer, path: str) -> None:

@@ -21,6 +21,7 @@ import stat
 import subprocess
 import tarfile
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -169,6 +170,64 @@ def test_the_tree_shows_before_any_file_byte_and_reads_fail_with_eio(
     # The registry back: the same file opens and reads right.
     proxy.tail_only = False
     assert (root / "d" / "big").read_bytes() == BIG
+
+
+def chunk_ranges(registry: Registry, digests: list[str], name: str) -> list[str]:
+    """The Range header of each chunk of file `name`, from the TOC of the
+    topmost of the layers `digests` that holds it."""
+    for digest in reversed(digests):
+        with urllib.request.urlopen(f"http://{registry.host}/v2/{REPO}/blobs/{digest}",
+                                    timeout=30) as resp:
+            blob = resp.read()
+        toc = estargz.read_toc(lambda at, n, blob=blob: blob[at:at + n], len(blob))
+        found = [c for c in estargz.chunks(toc) if c.name == name]
+        if found:
+            return [f"bytes={c.offset}-{c.end - 1}" for c in found]
+    raise AssertionError(f"no layer holds {name}")
+
+
+def test_a_read_fetches_only_the_chunks_it_reaches(lazy: Cli, proxy: Proxy,
+                                                   registry: Registry) -> None:
+    lazy.ok("images", "pull", "--lazy", "--plain-http", ref(proxy))
+    layers = layer_digests(lazy, ref(proxy))
+    proxy.refused_starts.update(layers)  # no background download: only reads fetch
+    first, middle, last = chunk_ranges(registry, layers, "d/big")
+    root = Path(lazy.ok("images", "mount", ref(proxy)).strip())
+
+    def asked(since: int) -> list[str]:
+        return [r for _, r in proxy.ranges[since:]]
+    with open(root / "d" / "big", "rb") as f:
+        n = len(proxy.ranges)
+        assert asked(n) == []  # the open fetched nothing
+        assert f.read(10) == BIG[:10]
+        assert asked(n) == [first]
+        n = len(proxy.ranges)
+        f.seek(len(BIG) - 5)
+        assert f.read() == BIG[-5:]
+        assert asked(n) == [last]
+        n = len(proxy.ranges)
+        f.seek(0)
+        assert f.read() == BIG
+        assert asked(n) == [middle]
+    # Whole and checked: no longer lazy, a new open and read fetch nothing.
+    n = len(proxy.ranges)
+    assert (root / "d" / "big").read_bytes() == BIG
+    assert asked(n) == []
+
+
+def test_export_and_push_of_an_incomplete_lazy_image_say_why_and_write_nothing(
+        lazy: Cli, proxy: Proxy, tmp_path: Path) -> None:
+    proxy.tail_only = True  # the background download cannot complete
+    lazy.ok("images", "pull", "--lazy", "--plain-http", ref(proxy))
+    archive = tmp_path / "lazy.tar"
+    err = lazy.fails("images", "export", ref(proxy), str(archive))
+    assert "was pulled lazily and its background download is not complete" in err, err
+    assert not archive.exists()
+    err = lazy.fails("images", "push", "--plain-http", ref(proxy), f"{proxy.upstream}/lazy/copy:1")
+    assert "was pulled lazily and its background download is not complete" in err, err
+    err = lazy.fails("images", "convert", "--estargz", ref(proxy), "again")
+    assert "was pulled lazily and its background download is not complete" in err, err
+    assert lazy.ok("images", "ls", "-q").split() == [ref(proxy)]
 
 
 def test_a_written_file_of_a_lazy_layer_is_copied_up_whole(lazy: Cli, proxy: Proxy) -> None:

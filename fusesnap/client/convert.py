@@ -127,6 +127,7 @@ def convert_image(channel: grpc.Channel, name: str, new_name: str, *, force: boo
         source = StoreSource(client.content)
         image = resolve(source, ArchiveDescriptor(t.media_type, t.digest, t.size,
                                                   dict(t.annotations)))
+        source.require(image.layers)
         manifest = parse_json(source.read_blob(image.manifest), f"manifest of {name}")
         config = parse_json(source.read_blob(image.config), f"config of {name}")
         docker = image.manifest.media_type == DOCKER_MANIFEST

@@ -77,6 +77,7 @@ def export_image(channel: grpc.Channel, name: str, out: IO[bytes]) -> ArchiveDes
     t = client.images.Get(ipb.GetImageRequest(name=name)).image.target
     source = StoreSource(client.content)
     image = resolve(source, ArchiveDescriptor(t.media_type, t.digest, t.size, dict(t.annotations)))
+    source.require(image.layers)  # before a byte is written
     config = parse_json(source.read_blob(image.config), f"config {image.config.digest}")
     platform = {k: config[k] for k in ("architecture", "os", "variant") if config.get(k)}
     entry = {"mediaType": image.manifest.media_type, "digest": image.manifest.digest,

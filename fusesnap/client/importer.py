@@ -39,6 +39,7 @@ from fusesnap.client.archive import (
     verify,
     walk,
 )
+from fusesnap.labels import REMOTE_INGEST
 from fusesnap.layertar import Applied, LayerError
 from fusesnap.pb import apply_pb2 as apb
 from fusesnap.pb import content_pb2 as cpb
@@ -260,6 +261,24 @@ class StoreSource:
                 return False
             raise
         return True
+
+    def require(self, layers: Sequence[ArchiveDescriptor]) -> None:
+        """ArchiveError naming the first of `layers` not in the store; for
+        one a lazy pull's background download is still writing, how far it is."""
+        for d in layers:
+            if self.has_blob(d.digest):
+                continue
+            try:
+                status = self.content.Status(cpb.StatusRequest(
+                    ref=REMOTE_INGEST + d.digest)).status
+            except grpc.RpcError as err:
+                if _code(err) != grpc.StatusCode.NOT_FOUND:
+                    raise
+                raise ArchiveError(f"layer {d.digest} is not in the content store") from None
+            raise ArchiveError(
+                f"layer {d.digest} was pulled lazily and its background download is not "
+                f"complete ({status.offset} of {status.total} bytes); try again once it "
+                "is (the daemon's log says when)")
 
 
 # ---------------------------------------------------------------------- import

@@ -137,6 +137,7 @@ def push_image(channel: grpc.Channel, name: str, reference: str, *,
             if registry.blob_exists(blob.digest):
                 done.skipped.append(blob.digest)
                 continue
+            source.require([blob])  # a lazy layer still downloading: say so
             if _mounted(client, registry, blob.digest):
                 done.mounted.append(blob.digest)
                 continue

@@ -23,7 +23,7 @@ import pyfuse3
 
 from fusesnap.errors import ResourceExhausted
 from fusesnap.layerfs.stats import FuseStats
-from fusesnap.remote import RemoteLayers
+from fusesnap.remote import LazyFile, RemoteLayers
 from fusesnap.snapshots.layers import NAME_MAX, ROOT_OID, Attr, LayerTree, OpenFile, View
 from fusesnap.snapshots.snapshotter import Snapshotter
 from fusesnap.store.space import NO_SPACE
@@ -94,6 +94,8 @@ class LayerFS(pyfuse3.Operations):
         self.gid = os.getgid()
         self.started_ns = time.time_ns()
         self._files: dict[int, OpenFile] = {}
+        self._lazy: dict[int, LazyFile] = {}
+        """Handles of read-only opens of lazy files: reads fetch their chunks."""
         # Open directories: (view, directory oid, entries at opendir); None, 0 for
         # the mount's root.
         self._dirs: dict[int, tuple[View | None, int, list[tuple[bytes, int, Attr]]]] = {}
@@ -361,9 +363,17 @@ class LayerFS(pyfuse3.Operations):
 
     async def open(self, inode: int, flags: int, ctx: Any) -> pyfuse3.FileInfo:
         view, oid = self._view(inode)
+        lazy = None
         if self.remote is not None and self.remote.pending:
-            await self._fetch(view, oid)
-        return self._new_handle(self._call(self.tree.open, view, oid, flags))
+            # A read-only open of a lazy file fetches nothing: each read
+            # fetches the chunks it reaches. Other opens fetch it whole.
+            lazy = self.remote.by_range(self._call(view.attr, oid), flags)
+            if lazy is None:
+                await self._fetch(view, oid)
+        fi = self._new_handle(self._call(self.tree.open, view, oid, flags))
+        if lazy is not None:
+            self._lazy[fi.fh] = lazy
+        return fi
 
     async def _fetch(self, view: View, oid: int) -> None:
         """Bytes of `oid` still in a lazy layer's registry: here first (EIO if not)."""
@@ -383,6 +393,14 @@ class LayerFS(pyfuse3.Operations):
         return self._new_handle(of), self._entry(view, a)
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
+        if self._lazy:
+            lazy = self._lazy.get(fh)
+            if lazy is not None and not lazy.done:
+                assert self.remote is not None
+                try:
+                    await self.remote.ensure_range(lazy, off, size)
+                except OSError as e:
+                    raise pyfuse3.FUSEError(e.errno or errno.EIO) from None
         try:
             return self.files.read(self._files[fh], off, size)
         except OSError as e:
@@ -398,6 +416,7 @@ class LayerFS(pyfuse3.Operations):
         raise pyfuse3.FUSEError(errno.ENOSYS)
 
     async def release(self, fh: int) -> None:
+        self._lazy.pop(fh, None)
         of = self._files.pop(fh, None)
         if of is not None:
             self._call(self.tree.release, of)
