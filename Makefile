@@ -49,7 +49,7 @@ bench-images: setup
 
 # Registry pulls (issue 20): fusesnap, ctr pull (native), skopeo+umoci; lazy pulls.
 bench-pull: setup
-	$(PY) bench/pull.py --images rich,random --lazy --json results/pull.json
+	$(PY) bench/pull.py --images rich,random --lazy --cri --json results/pull.json
 
 # The filesystem benchmark of issue 6: native, overlayfs, fuse-overlayfs and
 # fusesnap side by side (as root: it mounts overlayfs and drops caches).

@@ -50,7 +50,42 @@ of one file of the image (/bin/busybox, whole, its SHA-256 checked) through a
 images pull`` of the same eStargz image. Where ``images pull`` has no
 ``--lazy`` yet, ``--lazy`` stops the benchmark before anything runs.
 
+``--cri`` adds three rows, in the same interleaving (see
+:func:`cri_first_output`), on the eStargz copy (converted and pushed as for
+``--lazy``) and a sandbox image (busybox running ``/bin/busybox sleep 3600``,
+as tests/test_cri.py's pause image, pushed plain with skopeo), untimed: a
+fresh containerd 1.6 with its CRI plugin (tests/containerd_env.Cri:
+host-network pods, the registry a plain-HTTP mirror of itself) driven as the
+kubelet does (tests/cri.py). Per sample a pod is run first, untimed (its
+sandbox pulled and started), then the time from the start of CRI's
+PullImage of the eStargz reference to the first full line in the log file of
+a container of it, created and started in the pod, that runs
+``/bin/busybox sha256sum /bin/busybox`` (the log polled every 10 ms); the
+PullImage and the CreateContainer + StartContainer that follow it are
+parts. Untimed after it: the container exits 0 having printed the SHA-256
+of the reference's /bin/busybox, the pod is removed. The rows: containerd
+alone (its built-in content store, the native snapshotter: the anchor of the
+other two); on a fresh proxy-role fusesnap daemon (``serve --role proxy
+--insecure-registry HOST:PORT``) as its snapshotter and content store,
+without snapshot annotations (CRI's default: containerd downloads and
+applies every layer, the daemon's log must show no layer made from its
+TOC), and with them (``disable_snapshot_annotations = false``: each layer a
+remote snapshot made from its TOC, the log must say so, its files fetched
+when the container opens them); their FUSE requests shown as above.
+
+``--link MBIT/RTT_MS`` (e.g. ``100/20``) puts a modelled network link
+between every pull and the registry: images are pushed direct, as above,
+but every backend (ctr, skopeo, the fusesnap CLI and daemons, CRI) pulls
+from ``127.0.0.1:PROXY/…`` instead, a tests/registry_env.Proxy in the
+benchmark's process (``rate``, ``rtt``) that streams the registry's
+response bodies in pieces of at most 64 KiB through one token bucket of
+MBIT Mbit/s shared by all connections, and sends each response's first
+byte RTT_MS ms after its request at the earliest; the daemons get
+``--insecure-registry`` for the proxy's host. The report's header says the
+link.
+
     python bench/pull.py [--reps 3] [--images rich[,busybox,random]] [--json PATH] [--lazy]
+                         [--cri] [--link MBIT/RTT_MS]
 
 Root only (containerd, umoci's owners, the daemons); nothing is contacted but
 127.0.0.1, and every wait has a timeout.
@@ -75,6 +110,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+
+import grpc
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # `python bench/pull.py` puts bench/ first, not the repository
@@ -102,14 +139,19 @@ from images import NAMESPACE as CTR_NAMESPACE  # noqa: E402
 
 from tests import oci, registry_env  # noqa: E402
 from tests.conftest import Daemon  # noqa: E402
-from tests.containerd_env import Containerd  # noqa: E402
+from tests.containerd_env import Containerd, Cri  # noqa: E402
 from tests.containerd_env import unavailable as containerd_unavailable  # noqa: E402
-from tests.registry_env import Registry  # noqa: E402
+from tests.cri import TIMEOUT as CRI_TIMEOUT  # noqa: E402
+from tests.cri import CriClient, Pod  # noqa: E402
+from tests.registry_env import Proxy, Registry  # noqa: E402
 from tests.trees import file_sha256, node  # noqa: E402
 
 REPOSITORY = "fusesnap"
-"""Images go to 127.0.0.1:PORT/fusesnap/IMAGE:1 (and …:estargz with --lazy)."""
+"""Images go to 127.0.0.1:PORT/fusesnap/IMAGE:1 (and …:estargz with --lazy or
+--cri; the CRI pods' sandbox image to …/fusesnap/sandbox:1)."""
 TAG, ESTARGZ_TAG = "1", "estargz"
+
+
 def random_image(name: str = "fusesnap.test/random:1") -> oci.Image:
     """busybox and a 100 MB file that does not compress (deterministic
     pseudo-random bytes), gzip layers: the image whose download a lazy pull
@@ -138,7 +180,9 @@ class Pushed:
     image: Prepared
     ref: str
     estargz_ref: str | None = None
-    """The eStargz copy's reference (with --lazy)."""
+    """The eStargz copy's reference (with --lazy or --cri)."""
+    sandbox_ref: str | None = None
+    """The CRI pods' sandbox image (with --cri; the same for every image)."""
 
     @property
     def key(self) -> str:
@@ -160,6 +204,16 @@ def push(registry: Registry, image: Prepared) -> Pushed:
                     f"docker://{ref}"], check=True, capture_output=True, timeout=TIMEOUT,
                    env={**SKOPEO_ENV, "HOME": str(registry.directory)})
     return Pushed(image, ref)
+
+
+def behind(pushed: Pushed, proxy: Proxy) -> Pushed:
+    """`pushed` as reached through `proxy` (--link): every reference's host
+    the proxy's, the same repositories, tags and digests."""
+    def through(ref: str | None) -> str | None:
+        return None if ref is None else f"{proxy.host}/{ref.partition('/')[2]}"
+    return replace(pushed, ref=f"{proxy.host}/{pushed.ref.partition('/')[2]}",
+                   estargz_ref=through(pushed.estargz_ref),
+                   sandbox_ref=through(pushed.sandbox_ref))
 
 
 # ---------------------------------------------------------------------- fusesnap
@@ -357,6 +411,138 @@ def full_first_read(ident: Identity, pushed: Pushed, work: Path) -> Sample:
     return first_read(ident, pushed, work, lazy=False)
 
 
+# ---------------------------------------------------------------------- CRI (--cri)
+
+
+CRI_CONTAINER = "probe"
+CRI_COMMAND = ("/bin/busybox", "sha256sum", "/bin/busybox")
+"""What the timed container runs: its one line of output is PROBE's SHA-256."""
+CRI_POLL = 0.01
+"""Seconds between two looks at the container's log file."""
+SANDBOX = "sandbox"
+
+
+def push_sandbox(registry: Registry, work: Path) -> str:
+    """Once, untimed: the CRI pods' sandbox image, busybox whose command
+    (`/bin/busybox sleep 3600`) keeps running, as tests/test_cri.py's pause
+    image, pushed as it is (gzip, not eStargz) with skopeo; its reference."""
+    image = oci.Image(f"fusesnap.test/{SANDBOX}:1", [oci.busybox_layer()],
+                      cmd=("/bin/busybox", "sleep", "3600"))
+    work.mkdir(parents=True, exist_ok=True)
+    built = oci.write_archive(image, work / f"{SANDBOX}.tar")
+    ref = f"{registry.host}/{REPOSITORY}/{SANDBOX}:{TAG}"
+    subprocess.run(["skopeo", "copy", "--quiet", "--preserve-digests",
+                    "--dest-tls-verify=false", f"oci-archive:{built.path}", f"docker://{ref}"],
+                   check=True, capture_output=True, timeout=TIMEOUT,
+                   env={**SKOPEO_ENV, "HOME": str(registry.directory)})
+    shutil.rmtree(work, ignore_errors=True)
+    return ref
+
+
+def await_first_line(log: Path, deadline: float) -> None:
+    """Until CRI's log file `log` holds a full line (``TIMESTAMP STREAM F
+    TEXT``, either stream), looking every CRI_POLL seconds; Failed at
+    `deadline` (time.monotonic())."""
+    while True:
+        try:
+            lines = log.read_bytes().split(b"\n")[:-1]  # written whole: ends with a newline
+        except FileNotFoundError:
+            lines = []
+        if any(line.split(b" ", 3)[2:3] == [b"F"] for line in lines):
+            return
+        if time.monotonic() > deadline:
+            raise Failed(f"no full line in the container's log after {CRI_TIMEOUT:g} s")
+        time.sleep(CRI_POLL)
+
+
+def cri_first_output(ident: Identity, pushed: Pushed, work: Path, daemon: Daemon | None,
+                     annotations: bool) -> Sample:
+    """On a fresh containerd with its CRI plugin (on `daemon`, a fresh
+    proxy-role fusesnap, as its snapshotter and content store, or alone:
+    its built-in content store and the native snapshotter), driven as the
+    kubelet does (tests/cri.py): a host-network pod is run first, untimed
+    (CRI pulls the sandbox image and starts it); then from the start of
+    CRI's PullImage of the eStargz image to the first full line in the log
+    file of a container of it running CRI_COMMAND, created and started in
+    the pod (CreateContainer, StartContainer), its log polled every
+    CRI_POLL s. Parts: the PullImage alone, and CreateContainer plus
+    StartContainer. Then, untimed: the container must exit 0, having printed
+    PROBE's SHA-256 and nothing else; with `annotations` the daemon's log must
+    show that its layers were made from their TOCs (lazy), without, that none
+    was."""
+    ref, sandbox = pushed.estargz_ref, pushed.sandbox_ref
+    if ref is None or sandbox is None:
+        raise Failed("the eStargz image or the sandbox image was not pushed")
+    expected = pushed.image.expected.get(PROBE)
+    if expected is None or expected.sha256 is None:
+        raise Failed(f"{pushed.key} has no regular file {PROBE}")
+    containerd = Containerd(work / "containerd", daemon.socket if daemon else None,
+                            log_level="info", cri=Cri(
+                                sandbox_image=sandbox, plain_http=(ref.partition("/")[0],),
+                                snapshot_annotations=annotations))
+    client: CriClient | None = None
+    pod: Pod | None = None
+    try:
+        containerd.start()
+        client = CriClient(containerd.socket, work / "pods")
+        pod = client.run_pod("bench")
+        log = client.log_path(pod, CRI_CONTAINER)
+        start = time.perf_counter()
+        client.pull(ref)
+        pulled = time.perf_counter() - start
+        cid = client.start(pod, CRI_CONTAINER, ref, *CRI_COMMAND)
+        started = time.perf_counter() - start
+        await_first_line(log, time.monotonic() + CRI_TIMEOUT)
+        seconds = time.perf_counter() - start
+        requests = fuse_requests(ident, daemon) if daemon else None
+        done = client.wait(cid, pod, CRI_CONTAINER)
+        want = f"{expected.sha256}  {CRI_COMMAND[-1]}\n"
+        if (done.exit_code, done.stdout, done.stderr) != (0, want, ""):
+            raise Failed(f"the container exited with {done.exit_code} ({done.reason}), "
+                         f"stdout {done.stdout!r}, stderr {done.stderr!r}; expected {want!r}")
+        client.remove_pod(pod)
+        pod = None
+    except grpc.RpcError as err:
+        raise Failed(f"CRI: {err.code().name}: {err.details()}; containerd's last errors: "
+                     + " | ".join(line for line in containerd.logs().splitlines()
+                                  if "level=error" in line)[-1500:]) from err
+    finally:
+        if client is not None:
+            if pod is not None:
+                try:
+                    client.remove_pod(pod)
+                except grpc.RpcError:
+                    pass  # containerd.stop() removes what is left
+            client.close()
+        containerd.stop()
+    if daemon is not None:
+        lazy = daemon.logs().count("made from its TOC")
+        if annotations and not lazy:
+            raise Failed("CRI pulled with snapshot annotations but no layer was made from "
+                         f"its TOC (not lazy); daemon log: {daemon.logs()[-1500:]}")
+        if lazy and not annotations:
+            raise Failed(f"{lazy} layers were made from their TOCs without snapshot annotations")
+    return Sample(seconds, {"pull": pulled, "create + start": started - pulled}, requests)
+
+
+def cri_native(ident: Identity, pushed: Pushed, work: Path) -> Sample:
+    """CRI on containerd alone: its content store, the native snapshotter."""
+    return cri_first_output(ident, pushed, work, None, annotations=False)
+
+
+def cri_fusesnap(annotations: bool) -> Callable[[Identity, Pushed, Path], Sample]:
+    """CRI on a fresh proxy-role fusesnap daemon (`serve --role proxy
+    --insecure-registry HOST`): with `annotations` containerd's pulls pass
+    each layer's annotations to the Prepare (lazy layers), without it
+    downloads and applies every layer."""
+    def sample(ident: Identity, pushed: Pushed, work: Path) -> Sample:
+        ref = pushed.estargz_ref or pushed.ref
+        with fusesnap_daemon(ident, work, "--role", "proxy",
+                             *registry_options(ident, ref)) as daemon:
+            return cri_first_output(ident, pushed, work, daemon, annotations)
+    return sample
+
+
 # ---------------------------------------------------------------------- the runs
 
 
@@ -383,6 +569,13 @@ LAZY_BACKENDS = [
     Backend("fusesnap-estargz-full", "fusesnap pull eStargz, to 1st read", full_first_read),
     Backend("fusesnap-estargz-lazy", "fusesnap pull --lazy, to 1st read", lazy_sample,
             anchor="fusesnap-estargz-full"),
+]
+CRI_BACKENDS = [
+    Backend("cri-native", "CRI containerd alone (native)", cri_native),
+    Backend("cri-fusesnap-full", "CRI on fusesnap, full", cri_fusesnap(False),
+            anchor="cri-native"),
+    Backend("cri-fusesnap-lazy", "CRI on fusesnap, lazy", cri_fusesnap(True),
+            anchor="cri-native"),
 ]
 
 
@@ -468,11 +661,15 @@ def spread(values: list[float]) -> str:
 
 
 def report(table: dict[str, list[Row]], images: dict[str, Pushed], reps: int, pyver: str,
-           registry: Registry) -> None:
+           registry: Registry, proxy: Proxy | None = None) -> None:
     print(f"pull benchmark: {reps} run{'s' * (reps != 1)} per backend, interleaved; "
           "seconds, median (min–max)")
     print(f"docker-registry on {registry.host}, plain HTTP; every sample on a fresh root "
           "(containerd, fusesnap daemon) and verified against the tree of umoci unpack (root)")
+    if proxy is not None:
+        print(f"registry behind a modelled link: {link_text(proxy)} (a shaping proxy on "
+              f"{proxy.host}: one token bucket for every response body, each response's "
+              "first byte that late; pushes direct)")
     print(f"fusesnap daemon and CLI: {pyver}, as root; {tool_versions()}; "
           f"{first_line(['skopeo', '--version'])}", flush=True)
     for key, rows in table.items():
@@ -507,6 +704,12 @@ def report(table: dict[str, list[Row]], images: dict[str, Pushed], reps: int, py
                 print(f"  target {row.backend.goal}: {state}")
 
 
+def link_text(proxy: Proxy) -> str:
+    """The modelled link as the report says it: `100 Mbit/s, 20 ms per request`."""
+    rate = f"{proxy.rate * 8 / 1e6:g} Mbit/s" if proxy.rate is not None else "no rate limit"
+    return f"{rate}, {proxy.rtt * 1000:g} ms per request"
+
+
 def first_line(cmd: list[str]) -> str:
     try:
         return subprocess.run(cmd, capture_output=True, text=True,
@@ -522,6 +725,7 @@ def as_json(table: dict[str, list[Row]], images: dict[str, Pushed]) -> dict[str,
         image = pushed.image
         out[key] = {
             "ref": pushed.ref, "estargz_ref": pushed.estargz_ref,
+            "sandbox_ref": pushed.sandbox_ref,
             "manifest": image.built.manifest, "layers": len(image.built.layers),
             "blob_bytes": sum(image.built.sizes.values()), "paths": len(image.expected) - 1,
             "backends": {r.backend.key: {
@@ -560,12 +764,26 @@ def main() -> int:
     parser.add_argument("--lazy", action="store_true",
                         help="also time to first read after `fusesnap images pull --lazy` "
                              "of an eStargz copy, against a full pull of it")
+    parser.add_argument("--cri", action="store_true",
+                        help="also time CRI's PullImage of the eStargz copy to a container's "
+                             "first output line: containerd alone, on fusesnap without and "
+                             "with snapshot annotations (lazy)")
+    parser.add_argument("--link", metavar="MBIT/RTT_MS", default=None,
+                        help="every pull reaches the registry through a proxy that models a "
+                             "link of MBIT Mbit/s (shared) and RTT_MS ms per request, "
+                             "e.g. 100/20")
     args = parser.parse_args()
     keys = list(dict.fromkeys(k for k in args.images.split(",") if k))
     unknown = [k for k in keys if k not in IMAGES]
     if unknown or not keys or args.reps < 1:
         parser.error(f"unknown images {unknown}" if unknown else
                      "no images" if not keys else "--reps must be ≥ 1")
+    shaping: tuple[float, float] | None = None
+    if args.link is not None:
+        try:
+            shaping = registry_env.link(args.link)
+        except ValueError as err:
+            parser.error(f"--link: {err}")
     why = unavailable()
     if why:
         raise SystemExit(why)
@@ -573,24 +791,35 @@ def main() -> int:
     if args.lazy:
         require_lazy(ident)  # before minutes of work, not in the first lazy sample
     pyver = python_version(ident)
-    backends = BACKENDS + (LAZY_BACKENDS if args.lazy else [])
+    backends = BACKENDS + (LAZY_BACKENDS if args.lazy else []) + \
+        (CRI_BACKENDS if args.cri else [])
     with tempfile.TemporaryDirectory(prefix="fusesnap-bench-pull-", dir="/var/tmp") as tmp:
         work = Path(tmp)
         registry = registry_env.start_registry(work / "registry")
+        proxy: Proxy | None = None
         try:
+            sandbox = push_sandbox(registry, work / SANDBOX) if args.cri else None
             images: dict[str, Pushed] = {}
             for key in keys:
                 images[key] = push(registry, prepare(key, work, ident))
-                if args.lazy:
+                images[key].sandbox_ref = sandbox
+                if args.lazy or args.cri:
                     push_estargz(ident, registry, images[key], work / f"{key}-estargz")
+            if shaping is not None:  # pushed direct, pulled through the link
+                proxy = Proxy(registry.host, rate=shaping[0], rtt=shaping[1])
+                images = {key: behind(pushed, proxy) for key, pushed in images.items()}
             table = run(list(images.values()), backends, args.reps, ident, work)
-            report(table, images, args.reps, pyver, registry)
+            report(table, images, args.reps, pyver, registry, proxy)
         finally:
+            if proxy is not None:
+                proxy.stop()
             registry.stop()
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({
             "reps": args.reps, "python": pyver,
+            "link": None if shaping is None else {
+                "mbit_s": shaping[0] * 8 / 1e6, "rtt_ms": shaping[1] * 1000},
             "tools": f"{tool_versions()}; {first_line(['skopeo', '--version'])}",
             "images": as_json(table, images)}, indent=2))
     failed = any(r.failure for rows in table.values() for r in rows)

@@ -10,7 +10,9 @@ configuration and a storage directory of its own, stopped by its PID.
 - :func:`skopeo_copy` fills one from an OCI archive that tests/oci.py wrote.
 - :class:`Proxy` sits in front of a plain-HTTP registry to corrupt one blob,
   cut one off after some bytes, or serve a manifest of its own; it records
-  the Range headers it saw.
+  the Range headers it saw. With `rate` and `rtt` it models a network link
+  instead (the benchmarks' ``--link``): response bodies streamed through one
+  shared :class:`TokenBucket`, each response's first byte `rtt` late.
 
 Nothing here talks to anything but 127.0.0.1; every wait is bounded.
 """
@@ -255,6 +257,51 @@ def put_manifest(registry: Registry, repo: str, ref: str, data: bytes, media_typ
 # ---------------------------------------------------------------------- a proxy
 
 
+CHUNK = 64 * 1024
+"""The largest piece of a body a shaped :class:`Proxy` writes at once."""
+
+
+class TokenBucket:
+    """One link's bandwidth, shared by every thread that sends on it: `rate`
+    bytes per second, bursts of at most `burst` bytes after an idle spell.
+    :meth:`take` reserves bytes in the order it is called (the bucket may go
+    into debt) and sleeps until the link has carried them, so that streams
+    sending at once share the rate."""
+
+    def __init__(self, rate: float, burst: int = CHUNK) -> None:
+        if rate <= 0:
+            raise ValueError(f"a link's rate must be positive, not {rate}")
+        self.rate, self.burst = float(rate), burst
+        self.tokens = float(burst)
+        self.last = time.monotonic()
+        self.lock = threading.Lock()
+
+    def take(self, n: int) -> None:
+        with self.lock:
+            now = time.monotonic()
+            self.tokens = min(float(self.burst), self.tokens + (now - self.last) * self.rate)
+            self.last = now
+            self.tokens -= n
+            wait = -self.tokens / self.rate
+        if wait > 0:
+            time.sleep(wait)
+
+
+def link(spec: str) -> tuple[float, float]:
+    """``MBIT/RTT_MS`` (e.g. ``100/20``) as (bytes per second, seconds): the
+    `rate` and `rtt` of a :class:`Proxy` that models that link."""
+    mbit, sep, ms = spec.partition("/")
+    try:
+        rate, rtt = float(mbit) * 1e6 / 8, float(ms) / 1000
+        if not sep:
+            raise ValueError(spec)
+    except ValueError:
+        rate = rtt = -1.0
+    if not rate > 0 or not rtt >= 0 or rate == float("inf") or rtt == float("inf"):
+        raise ValueError(f"a link is MBIT/RTT_MS, e.g. 100/20 (Mbit/s > 0, ms ≥ 0), not {spec!r}")
+    return rate, rtt
+
+
 @dataclass
 class Proxy:
     """A plain-HTTP proxy on 127.0.0.1 to `upstream` (host:port, plain HTTP)."""
@@ -276,13 +323,26 @@ class Proxy:
     bytes but not from its start (an eStargz footer, a TOC); other Range
     requests are answered 503,
     as by a registry that cannot serve them (whole blobs pass)."""
+    refused_starts: set[str] = field(default_factory=set)
+    """Blob digests whose Range requests from byte 0 are answered 503: a lazy
+    layer's background download (which starts there) cannot proceed, while a
+    file's chunks (never at 0: an eStargz layer starts with its landmark)
+    can be fetched."""
     gets: list[tuple[str, str]] = field(default_factory=list)
     """(path, Range header or "") of every blob GET."""
     stalled: threading.Event = field(default_factory=threading.Event)
     release: threading.Event = field(default_factory=threading.Event)
+    rate: float | None = None
+    """Bytes per second of a modelled link: response bodies are streamed in
+    pieces of at most CHUNK bytes, all connections' together paced by one
+    :class:`TokenBucket` (None: no pacing)."""
+    rtt: float = 0.0
+    """Seconds from a request to its response's first byte, at least (a
+    modelled link's round trip; the registry's own time counts in it)."""
 
     def __post_init__(self) -> None:
         proxy = self
+        self.bucket = TokenBucket(self.rate) if self.rate is not None else None
 
         class Handler(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
@@ -302,54 +362,107 @@ class Proxy:
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
     def handle(self, h: http.server.BaseHTTPRequestHandler) -> None:
+        start = time.monotonic()
         if h.headers.get("Range"):
             self.ranges.append((h.path, h.headers["Range"]))
-        for suffix, (media_type, body) in self.manifests.items():
-            if h.path.endswith(suffix):
-                h.send_response(200)
-                h.send_header("Content-Type", media_type)
-                h.send_header("Content-Length", str(len(body)))
-                h.end_headers()
-                h.wfile.write(body)
-                return
-        conn = http.client.HTTPConnection(self.upstream, timeout=30)
-        headers = {k: v for k, v in h.headers.items() if k.lower() in ("accept", "range")}
+        self.shaped(h, start)
+
+    # ------------------------------------------------------------------ a modelled link
+
+    def shaped(self, h: http.server.BaseHTTPRequestHandler, start: float) -> None:
+        """The response: its first byte not before `start` + `rtt`, its body
+        streamed from upstream in pieces of at most CHUNK bytes, each paced
+        by the shared bucket when `rate` is set."""
+        try:
+            for suffix, (media_type, body) in self.manifests.items():
+                if h.path.endswith(suffix):
+                    self._after(start)
+                    h.send_response(200)
+                    h.send_header("Content-Type", media_type)
+                    h.send_header("Content-Length", str(len(body)))
+                    h.end_headers()
+                    if h.command != "HEAD":
+                        self._paced(h, body)
+                    return
+            conn = http.client.HTTPConnection(self.upstream, timeout=30)
+            try:
+                self._relay(h, conn, start)
+            finally:
+                conn.close()
+        except (ConnectionError, TimeoutError):
+            h.close_connection = True  # the client went away, or upstream: no more on it
+
+    def _relay(self, h: http.server.BaseHTTPRequestHandler, conn: http.client.HTTPConnection,
+               start: float) -> None:
+        # Every Accept header, joined (skopeo sends one per media type it takes).
+        headers = {k: ", ".join(h.headers.get_all(k) or []) for k in ("Accept", "Range")
+                   if h.headers.get(k) is not None}
         conn.request(h.command, h.path, headers=headers)
         resp = conn.getresponse()
-        body = resp.read()
-        conn.close()
         digest = h.path.rpartition("/")[2]
-        if "/blobs/" in h.path and h.command == "GET":
+        blob = "/blobs/" in h.path
+        if blob and h.command == "GET":
             self.gets.append((h.path, h.headers.get("Range", "")))
             tail = re.fullmatch(r"bytes (\d+)-(\d+)/(\d+)",
                                 resp.getheader("Content-Range", ""))
-            if self.tail_only and resp.status == 206 and not (
+            refused = digest in self.refused_starts and \
+                h.headers.get("Range", "").startswith("bytes=0-")
+            if refused or self.tail_only and resp.status == 206 and not (
                     tail and int(tail[1]) > 0 and int(tail[2]) >= int(tail[3]) - 52):
+                self._after(start)
                 h.send_response(503)
                 h.send_header("Content-Length", "0")
                 h.end_headers()
                 return
-        if "/blobs/" in h.path and digest in self.corrupt and body:
-            body = bytes([body[0] ^ 0xFF]) + body[1:]
+        length = resp.getheader("Content-Length")
+        whole: bytes | None = None
+        if h.command != "HEAD" and (length is None or not length.isdigit()):
+            whole = resp.read()  # no length to stream by (chunked): read it all first
+            length = str(len(whole))
+        self._after(start)
         h.send_response(resp.status)
         for k, v in resp.getheaders():
             if k.lower() not in ("connection", "transfer-encoding", "content-length"):
                 h.send_header(k, v)
-        h.send_header("Content-Length", resp.getheader("Content-Length", "0")
-                      if h.command == "HEAD" else str(len(body)))
+        h.send_header("Content-Length", length or "0")
         h.end_headers()
         if h.command == "HEAD":
             return
-        if "/blobs/" in h.path and (digest in self.cut or digest in self.stall):
-            h.wfile.write(body[:self.cut.get(digest, self.stall.get(digest, 0))])
+        limit = self.cut.get(digest, self.stall.get(digest)) if blob else None
+        size = int(length or 0)
+        end = size if limit is None else min(limit, size)
+        sent = 0
+        while sent < end:
+            n = min(CHUNK, end - sent)
+            piece = whole[sent:sent + n] if whole is not None else resp.read(n)
+            if not piece:
+                break  # upstream ended early: so does the client's body, below
+            if sent == 0 and digest in self.corrupt and blob:
+                piece = bytes([piece[0] ^ 0xFF]) + piece[1:]
+            self._paced(h, piece)
+            sent += len(piece)
+        if limit is not None or sent < size:
             h.wfile.flush()
             if digest in self.stall:
                 self.stalled.set()
                 self.release.wait(20)
             h.close_connection = True
             h.connection.shutdown(socket.SHUT_RDWR)
-            return
-        h.wfile.write(body)
+
+    def _after(self, start: float) -> None:
+        """Sleep until `rtt` after `start`."""
+        late = start + self.rtt - time.monotonic()
+        if late > 0:
+            time.sleep(late)
+
+    def _paced(self, h: http.server.BaseHTTPRequestHandler, data: bytes) -> None:
+        """Write `data` in pieces of at most CHUNK bytes, each once the link
+        has room for it."""
+        for i in range(0, len(data), CHUNK):
+            piece = data[i:i + CHUNK]
+            if self.bucket is not None:
+                self.bucket.take(len(piece))
+            h.wfile.write(piece)
 
     def stop(self) -> None:
         self.httpd.shutdown()

@@ -186,18 +186,18 @@ def chunk_ranges(registry: Registry, digests: list[str], name: str) -> list[str]
     raise AssertionError(f"no layer holds {name}")
 
 
-def test_a_read_fetches_only_the_chunks_it_reaches(lazy: Cli, proxy: Proxy,
+def test_a_read_fetches_only_the_chunks_it_reaches(lazy: Cli, proxy: Proxy, source: Cli,
                                                    registry: Registry) -> None:
-    lazy.ok("images", "pull", "--lazy", "--plain-http", ref(proxy))
-    layers = layer_digests(lazy, ref(proxy))
+    layers = layer_digests(source, NEW)
     proxy.refused_starts.update(layers)  # no background download: only reads fetch
+    lazy.ok("images", "pull", "--lazy", "--plain-http", ref(proxy))
     first, middle, last = chunk_ranges(registry, layers, "d/big")
     root = Path(lazy.ok("images", "mount", ref(proxy)).strip())
 
     def asked(since: int) -> list[str]:
         return [r for _, r in proxy.ranges[since:]]
+    n = len(proxy.ranges)
     with open(root / "d" / "big", "rb") as f:
-        n = len(proxy.ranges)
         assert asked(n) == []  # the open fetched nothing
         assert f.read(10) == BIG[:10]
         assert asked(n) == [first]
