@@ -43,6 +43,7 @@ import os
 import secrets
 import stat
 import tarfile
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,6 +80,13 @@ REMOTE = "containerd.io/snapshot/remote"
 
 REQUEST = 8 << 20
 """Most compressed bytes asked for in one Range request of a file's chunks."""
+QUIET = 1.0
+"""Seconds without a lazy Prepare or a fetch for a read before a background
+download begins: what a pull and a container's first reads need goes first,
+on the CPU and on the link (stargz-snapshotter's background fetcher waits
+for such a silence too)."""
+QUIET_MAX = 10.0
+"""The longest a background download waits for that silence."""
 BACKGROUND = 2
 """Layers downloaded in the background at once."""
 RETRIES = 5
@@ -242,6 +250,7 @@ class RemoteLayers:
         self._nursery: trio.Nursery | None = None
         self._queue: list[_Layer] = []
         self._slots = trio.Semaphore(BACKGROUND)
+        self._last_busy = time.monotonic()
         snapshotter.on_removed.append(self._removed)
 
     # ------------------------------------------------------------------ start
@@ -295,6 +304,7 @@ class RemoteLayers:
         lazily and raise AlreadyExists; False when this Prepare is not one
         (or the layer cannot be fetched lazily: the log says why), for an
         ordinary Prepare."""
+        self._busy()
         target, digest, image, toc_digest = (labels.get(k, "") for k in (
             REF, LAYER_DIGEST, IMAGE_REF, TOC_DIGEST))
         if not (target and digest and image and toc_digest):
@@ -434,6 +444,7 @@ class RemoteLayers:
                 and c.chunk_offset < off + size and off < c.chunk_offset + c.size]
         if not want or f.done:
             return
+        self._busy()
         async with f.lock:
             if f.done:
                 return
@@ -446,6 +457,8 @@ class RemoteLayers:
                 self._fetched(f)
 
     async def _fetch(self, f: LazyFile, blob: str | None = None) -> None:
+        if blob is None:
+            self._busy()  # a read waits for it
         async with f.lock:
             if f.done:
                 return
@@ -489,8 +502,19 @@ class RemoteLayers:
 
     # ------------------------------------------------------------------ background
 
+    def _busy(self) -> None:
+        """Something in the foreground needs a registry now (any thread)."""
+        self._last_busy = time.monotonic()
+
+    async def _quiet(self) -> None:
+        """Until QUIET seconds have passed without :meth:`_busy`, QUIET_MAX at most."""
+        deadline = time.monotonic() + QUIET_MAX
+        while (wait := min(self._last_busy + QUIET, deadline) - time.monotonic()) > 0:
+            await trio.sleep(wait)
+
     async def _complete(self, layer: _Layer) -> None:
         self._announce(layer)
+        await self._quiet()
         async with self._slots:
             for attempt in range(RETRIES):
                 if layer.sid not in self.layers:
