@@ -38,14 +38,22 @@ GARBAGE = [
 ]
 
 
+CLIENT_ONLY = "runtime.v1"
+"""Kubernetes' CRI (cri.proto): fusesnap's tests call containerd's, no daemon
+of ours serves it."""
+
+
 def _unary_methods() -> list[tuple[str, bool]]:
-    """Every method taking one request, of every service in fusesnap.pb (the
-    direct role serves them all): (path, whether it streams responses)."""
+    """Every method taking one request, of every service in fusesnap.pb but
+    CRI's (the direct role serves them all): (path, whether it streams
+    responses)."""
     methods = []
     for found in pkgutil.iter_modules(fusesnap.pb.__path__):
         if not found.name.endswith("_pb2"):
             continue
         module = importlib.import_module(f"fusesnap.pb.{found.name}")
+        if module.DESCRIPTOR.package == CLIENT_ONLY:
+            continue
         for service in module.DESCRIPTOR.services_by_name.values():
             for method in service.methods:
                 if not method.client_streaming:
