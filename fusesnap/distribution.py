@@ -328,6 +328,32 @@ class Session:
                                 "document may have")
         return data
 
+    def read_tail(self, digest: str, length: int) -> tuple[int, bytes]:
+        """The size of blob `digest` and its last `length` bytes (all of it
+        when smaller), in one suffix Range request (``bytes=-N``) where a
+        HEAD and a Range would take two round trips; RegistryError if the
+        registry answers otherwise."""
+        resp = self.get(f"blobs/{digest}", {"Range": f"bytes=-{length}"})
+        try:
+            found = re.fullmatch(r"bytes (\d+)-(\d+)/(\d+)", resp.getheader("Content-Range", ""))
+            if resp.status != 206 or not found:
+                raise RegistryError(f"blob {digest}: the registry ignored a Range "
+                                    f"request (HTTP {resp.status})")
+            first, last, size = (int(g) for g in found.groups())
+            if last != size - 1 or last - first + 1 > length:
+                raise RegistryError(f"blob {digest}: bytes {first}-{last} of {size} for "
+                                    f"its last {length}")
+            data = resp.read(last - first + 2)
+        except (OSError, http.client.HTTPException) as e:
+            raise RegistryError(f"blob {digest}: the download broke off "
+                                f"({type(e).__name__}: {e})") from None
+        finally:
+            resp.close()
+        if len(data) != last - first + 1:
+            raise RegistryError(f"blob {digest}: {len(data)} bytes for a range of "
+                                f"{last - first + 1}")
+        return size, data
+
     def read_range(self, digest: str, offset: int, length: int) -> bytes:
         """Bytes [offset, offset + length) of blob `digest` (an HTTP Range
         request); RegistryError if the registry gives other bytes or fewer."""

@@ -78,6 +78,10 @@ IMAGE_REF = labels_.CRI_IMAGE_REF
 TOC_DIGEST = estargz.TOC_DIGEST_ANNOTATION
 REMOTE = "containerd.io/snapshot/remote"
 
+TAIL = 64 << 10
+"""Bytes a remote-snapshot Prepare asks for at the end of a layer, in the
+request that also tells its size: the footer and, unless it is larger, the
+TOC (a layer of a few hundred files has a TOC of about 10 KiB gzipped)."""
 REQUEST = 8 << 20
 """Most compressed bytes asked for in one Range request of a file's chunks."""
 QUIET = 1.0
@@ -313,12 +317,15 @@ class RemoteLayers:
             raise AlreadyExists(f"target snapshot {target} exists")
         try:
             session = self.access.session(image)
-            head = session.request("HEAD", f"blobs/{digest}", ok=(200,))
-            head.close()
-            size = int(head.getheader("Content-Length", "-1"))
-            if size < 0:
-                raise RegistryError(f"blob {digest}: no Content-Length")
-            toc = estargz.read_toc(lambda at, n: session.read_range(digest, at, n), size)
+            # The size, the footer and (mostly) the TOC in one round trip.
+            size, tail = session.read_tail(digest, TAIL)
+
+            def read(at: int, n: int) -> bytes:
+                start = size - len(tail)
+                if at >= start:
+                    return tail[at - start:at - start + n]
+                return session.read_range(digest, at, n)
+            toc = estargz.read_toc(read, size)
         except (RegistryError, ValueError) as e:
             log.warning("layer %s of %s: not fetched lazily (%s); prepared for a download",
                         digest, image, e)

@@ -320,8 +320,8 @@ class Proxy:
     """(path, Range header) of every request that had one."""
     tail_only: bool = False
     """Ranges of blobs are served only when they reach the blob's last 52
-    bytes but not from its start (an eStargz footer, a TOC); other Range
-    requests are answered 503,
+    bytes and were asked for as a suffix (``bytes=-N``) or start after byte 0
+    (an eStargz footer, a TOC); other Range requests are answered 503,
     as by a registry that cannot serve them (whole blobs pass)."""
     refused_starts: set[str] = field(default_factory=set)
     """Blob digests whose Range requests from byte 0 are answered 503: a lazy
@@ -407,8 +407,10 @@ class Proxy:
                                 resp.getheader("Content-Range", ""))
             refused = digest in self.refused_starts and \
                 h.headers.get("Range", "").startswith("bytes=0-")
+            suffix = h.headers.get("Range", "").startswith("bytes=-")
             if refused or self.tail_only and resp.status == 206 and not (
-                    tail and int(tail[1]) > 0 and int(tail[2]) >= int(tail[3]) - 52):
+                    tail and (suffix or int(tail[1]) > 0)
+                    and int(tail[2]) >= int(tail[3]) - 52):
                 self._after(start)
                 h.send_response(503)
                 h.send_header("Content-Length", "0")

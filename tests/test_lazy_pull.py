@@ -28,7 +28,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from fusesnap import estargz
+from fusesnap import estargz, remote
 from fusesnap.client.registry import Reference
 from fusesnap.client.registry import Registry as RegistryClient
 from fusesnap.pb import snapshots_pb2 as spb
@@ -170,6 +170,17 @@ def test_the_tree_shows_before_any_file_byte_and_reads_fail_with_eio(
     # The registry back: the same file opens and reads right.
     proxy.tail_only = False
     assert (root / "d" / "big").read_bytes() == BIG
+
+
+def test_a_lazy_layer_costs_one_request_until_its_files_are_read(lazy: Cli, proxy: Proxy,
+                                                                source: Cli) -> None:
+    # Its size, footer and TOC come in one suffix Range request (no HEAD).
+    layers = layer_digests(source, NEW)
+    proxy.refused_starts.update(layers)  # the background download stays out of it
+    lazy.ok("images", "pull", "--lazy", "--plain-http", ref(proxy))
+    asked = sorted((path.rpartition("/")[2], r) for path, r in proxy.gets
+                   if path.rpartition("/")[2] in layers and not r.startswith("bytes=0-"))
+    assert asked == sorted((d, f"bytes=-{remote.TAIL}") for d in layers)
 
 
 def chunk_ranges(registry: Registry, digests: list[str], name: str) -> list[str]:
