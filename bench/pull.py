@@ -83,8 +83,10 @@ but every backend (ctr, skopeo, the fusesnap CLI and daemons, CRI) pulls
 from ``127.0.0.1:PROXY/…`` instead, a tests/registry_env.Proxy in the
 benchmark's process (``rate``, ``rtt``) that streams the registry's
 response bodies in pieces of at most 64 KiB through one token bucket of
-MBIT Mbit/s shared by all connections, and sends each response's first
-byte RTT_MS ms after its request at the earliest; the daemons get
+MBIT Mbit/s shared by all connections, sends each response's first byte
+RTT_MS ms after its request at the earliest, and waits RTT_MS ms more
+before a new connection's first request (its TCP handshake; a client that
+keeps its connections pays it once); the daemons get
 ``--insecure-registry`` for the proxy's host. The report's header says the
 link.
 
@@ -720,9 +722,10 @@ def report(table: dict[str, list[Row]], images: dict[str, Pushed], reps: int, py
 
 
 def link_text(proxy: Proxy) -> str:
-    """The modelled link as the report says it: `100 Mbit/s, 20 ms per request`."""
+    """The modelled link as the report says it: `100 Mbit/s, 20 ms per request
+    and per new connection`."""
     rate = f"{proxy.rate * 8 / 1e6:g} Mbit/s" if proxy.rate is not None else "no rate limit"
-    return f"{rate}, {proxy.rtt * 1000:g} ms per request"
+    return f"{rate}, {proxy.rtt * 1000:g} ms per request and per new connection"
 
 
 def first_line(cmd: list[str]) -> str:

@@ -136,9 +136,19 @@ def _challenge(header: str) -> tuple[str, dict[str, str]]:
                             re.findall(r'(\w+)="([^"]*)"', params)}
 
 
+IDLE_MAX = 4
+"""Idle connections a session keeps per host for its next requests."""
+STALE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError,
+         ConnectionAbortedError)
+"""What a request on a kept connection that the server has closed meanwhile raises."""
+
+
 class Session:
     """One repository of one registry (see the module docstring). Thread-safe:
-    every request has its own connection."""
+    a request has a connection to itself until its response is done; one
+    read to its end by :meth:`done` is kept for the next request (HTTP
+    keep-alive: a request then costs one round trip, not two, or three or
+    four with TLS)."""
 
     def __init__(self, ref: Reference, *, creds: tuple[str, str] | None = None,
                  ca: str | None = None, plain_http: bool = False,
@@ -150,9 +160,10 @@ class Session:
         self.timeout = timeout
         self._auth: str | None = None
         self._lock = threading.Lock()
-        self._connections: weakref.WeakKeyDictionary[http.client.HTTPResponse,
-                                                     http.client.HTTPConnection] = \
+        self._connections: weakref.WeakKeyDictionary[
+            http.client.HTTPResponse, tuple[http.client.HTTPConnection, tuple[str, bool]]] = \
             weakref.WeakKeyDictionary()
+        self._idle: dict[tuple[str, bool], list[http.client.HTTPConnection]] = {}
         self._context: ssl.SSLContext | None = None
         if not plain_http:
             try:
@@ -168,27 +179,68 @@ class Session:
                                                context=self._context)
         return http.client.HTTPConnection(netloc, timeout=self.timeout)
 
+    def _take(self, key: tuple[str, bool]) -> tuple[http.client.HTTPConnection, bool]:
+        """A kept connection to `key` (netloc, https), or a new one; whether kept."""
+        with self._lock:
+            idle = self._idle.get(key)
+            if idle:
+                return idle.pop(), True
+        return self._connect(*key), False
+
+    def done(self, resp: http.client.HTTPResponse) -> None:
+        """Close `resp`; its connection is kept for the next request when the
+        response was read to its end and the server keeps it open."""
+        with self._lock:
+            conn, key = self._connections.pop(resp, (None, ("", False)))
+        keep = conn is not None and resp.isclosed() and not resp.will_close \
+            and conn.sock is not None
+        resp.close()
+        if conn is None:
+            return
+        if keep:
+            with self._lock:
+                idle = self._idle.setdefault(key, [])
+                if len(idle) < IDLE_MAX:
+                    idle.append(conn)
+                    return
+        conn.close()
+
+    def _exchange(self, key: tuple[str, bool], method: str, path: str, body: bytes | None,
+                  headers: dict[str, str]
+                  ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+        """One request and its response's head, on a kept connection if there
+        is one, or again on a new one if the server had closed that."""
+        conn, kept = self._take(key)
+        while True:
+            try:
+                conn.request(method, path, body=body, headers=headers)
+                return conn, conn.getresponse()
+            except STALE:
+                conn.close()
+                if not kept:
+                    raise
+            except BaseException:
+                conn.close()
+                raise
+            conn, kept = self._connect(*key), False
+
     def _send(self, url: str, headers: dict[str, str], method: str = "GET",
               body: bytes | None = None) -> http.client.HTTPResponse:
         """`method` `url` (with `body`), following redirects (the auth header
         only to the registry; GET and HEAD only)."""
         for _ in range(MAX_REDIRECTS):
             parts = urllib.parse.urlsplit(url)
-            conn = self._connect(parts.netloc, parts.scheme == "https")
+            key = (parts.netloc, parts.scheme == "https")
             path = parts.path + (f"?{parts.query}" if parts.query else "")
             try:
-                conn.request(method, path, body=body, headers=headers)
-                resp = conn.getresponse()
+                conn, resp = self._exchange(key, method, path, body, headers)
             except ssl.SSLCertVerificationError as e:
-                conn.close()
                 raise RegistryError(f"{parts.netloc}: TLS certificate not trusted "
                                     f"({e.verify_message}); give its CA with --ca FILE") from None
             except ssl.SSLError as e:
-                conn.close()
                 raise RegistryError(f"{parts.netloc}: TLS handshake failed ({e.reason}); "
                                     "a registry on plain HTTP needs --plain-http") from None
             except (OSError, http.client.HTTPException) as e:
-                conn.close()
                 if not self.plain_http and isinstance(e, http.client.BadStatusLine):
                     raise RegistryError(f"{parts.netloc}: not a TLS server") from None
                 raise RegistryError(f"{parts.netloc}: {e}") from None
@@ -200,7 +252,7 @@ class Session:
                 headers = {k: v for k, v in headers.items() if k != "Authorization"}
                 continue
             with self._lock:
-                self._connections[resp] = conn
+                self._connections[resp] = (conn, key)
             return resp
         raise RegistryError(f"{url}: more than {MAX_REDIRECTS} redirects")
 
@@ -208,7 +260,7 @@ class Session:
         """Shut down the connection of every response still open: reads
         blocked in other threads return at once."""
         with self._lock:
-            conns = list(self._connections.values())
+            conns = [conn for conn, _ in self._connections.values()]
         for conn in conns:
             try:
                 if conn.sock is not None:
@@ -245,7 +297,7 @@ class Session:
             challenge = resp.getheader("WWW-Authenticate", "")
             if method != "HEAD":
                 resp.read(65536)
-            resp.close()
+            self.done(resp)
             if attempt == 1 or not challenge:
                 who = f"user {self.creds[0]!r}" if self.creds else "anonymous access"
                 raise RegistryError(f"{self.ref.api_host}: authentication failed for "
@@ -256,7 +308,7 @@ class Session:
         if resp.status in ok:
             return resp
         answer = b"" if method == "HEAD" else resp.read(65536)
-        resp.close()
+        self.done(resp)
         if "://" in path:
             path = "blobs/uploads/"
         raise RegistryError(self._describe(resp.status, path, answer))
@@ -299,7 +351,7 @@ class Session:
             urllib.parse.urlencode(query)
         resp = self._send(url, {"Authorization": basic} if basic else {})
         body = resp.read(MAX_DOCUMENT)
-        resp.close()
+        self.done(resp)
         if resp.status != 200:
             raise RegistryError(f"{self.ref.api_host}: the token server {params['realm']} "
                                 f"refused (HTTP {resp.status}): wrong or missing "
@@ -317,12 +369,14 @@ class Session:
     # documents ----------------------------------------------------------
 
     def _read_capped(self, resp: http.client.HTTPResponse, what: str) -> bytes:
-        with resp:
+        try:
             length = resp.getheader("Content-Length")
             if length is not None and length.isdigit() and int(length) > MAX_DOCUMENT:
                 raise RegistryError(f"{what} is {length} bytes, larger than the "
                                     f"{MAX_DOCUMENT} a document may have")
             data = resp.read(MAX_DOCUMENT + 1)
+        finally:
+            self.done(resp)
         if len(data) > MAX_DOCUMENT:
             raise RegistryError(f"{what} is larger than the {MAX_DOCUMENT} bytes a "
                                 "document may have")
@@ -348,7 +402,7 @@ class Session:
             raise RegistryError(f"blob {digest}: the download broke off "
                                 f"({type(e).__name__}: {e})") from None
         finally:
-            resp.close()
+            self.done(resp)
         if len(data) != last - first + 1:
             raise RegistryError(f"blob {digest}: {len(data)} bytes for a range of "
                                 f"{last - first + 1}")
@@ -368,7 +422,7 @@ class Session:
             raise RegistryError(f"blob {digest}: the download broke off "
                                 f"({type(e).__name__}: {e})") from None
         finally:
-            resp.close()
+            self.done(resp)
         if len(data) != length:
             raise RegistryError(f"blob {digest}: {len(data)} bytes for a range of {length}")
         return data

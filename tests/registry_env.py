@@ -12,7 +12,8 @@ configuration and a storage directory of its own, stopped by its PID.
   cut one off after some bytes, or serve a manifest of its own; it records
   the Range headers it saw. With `rate` and `rtt` it models a network link
   instead (the benchmarks' ``--link``): response bodies streamed through one
-  shared :class:`TokenBucket`, each response's first byte `rtt` late.
+  shared :class:`TokenBucket`, each response's first byte `rtt` late, and
+  a new connection's first request `rtt` later still (its TCP handshake).
 
 Nothing here talks to anything but 127.0.0.1; every wait is bounded.
 """
@@ -338,7 +339,15 @@ class Proxy:
     :class:`TokenBucket` (None: no pacing)."""
     rtt: float = 0.0
     """Seconds from a request to its response's first byte, at least (a
-    modelled link's round trip; the registry's own time counts in it)."""
+    modelled link's round trip; the registry's own time counts in it), and
+    once more before a new connection's first request (its TCP handshake)."""
+    drop_kept: bool = False
+    """After each response the connection is closed, though the response did
+    not say so (as by a server's idle timeout): a client that kept it fails
+    its next request on it."""
+    connections: int = 0
+    """Connections accepted so far."""
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
         proxy = self
@@ -349,6 +358,13 @@ class Proxy:
 
             def log_message(self, *args: Any) -> None:
                 pass
+
+            def setup(self) -> None:
+                super().setup()
+                with proxy.lock:
+                    proxy.connections += 1
+                if proxy.rtt:
+                    time.sleep(proxy.rtt)  # a new connection's TCP handshake
 
             def do_GET(self) -> None:  # noqa: N802 (http.server's name)
                 proxy.handle(self)
@@ -366,6 +382,10 @@ class Proxy:
         if h.headers.get("Range"):
             self.ranges.append((h.path, h.headers["Range"]))
         self.shaped(h, start)
+        if self.drop_kept and not h.close_connection:
+            h.wfile.flush()
+            h.close_connection = True
+            h.connection.shutdown(socket.SHUT_RDWR)
 
     # ------------------------------------------------------------------ a modelled link
 

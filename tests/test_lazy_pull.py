@@ -31,6 +31,7 @@ import pytest
 from fusesnap import estargz, remote
 from fusesnap.client.registry import Reference
 from fusesnap.client.registry import Registry as RegistryClient
+from fusesnap.distribution import Session
 from fusesnap.pb import snapshots_pb2 as spb
 from fusesnap.pb.snapshots_pb2_grpc import SnapshotsStub
 from tests import oci, registry_env
@@ -181,6 +182,24 @@ def test_a_lazy_layer_costs_one_request_until_its_files_are_read(lazy: Cli, prox
     asked = sorted((path.rpartition("/")[2], r) for path, r in proxy.gets
                    if path.rpartition("/")[2] in layers and not r.startswith("bytes=0-"))
     assert asked == sorted((d, f"bytes=-{remote.TAIL}") for d in layers)
+
+
+def test_a_session_keeps_its_connection_and_replaces_one_the_server_closed(
+        proxy: Proxy, source: Cli) -> None:
+    digest = layer_digests(source, NEW)[-1]
+    session = Session(Reference.parse(ref(proxy)), plain_http=True)
+    tail = session.read_range(digest, 0, 10)
+    for _ in range(4):
+        assert session.read_range(digest, 0, 10) == tail
+    assert session.read_tail(digest, 10)[1]
+    assert proxy.connections == 1  # six requests, one round trip each
+    # From now on the proxy closes each connection after its response: the
+    # first read still goes on the kept one, the next two each find theirs
+    # closed and go again on a new one.
+    proxy.drop_kept = True
+    for _ in range(3):
+        assert session.read_range(digest, 0, 10) == tail
+    assert proxy.connections == 3
 
 
 def chunk_ranges(registry: Registry, digests: list[str], name: str) -> list[str]:
