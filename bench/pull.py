@@ -53,7 +53,7 @@ images pull`` of the same eStargz image. Where ``images pull`` has no
 ``--cri`` adds four rows, in the same interleaving (see
 :func:`cri_first_output`), on the eStargz copy (converted and pushed as for
 ``--lazy``) and a sandbox image (busybox running ``/bin/busybox sleep 3600``,
-as tests/test_cri.py's pause image, pushed plain with skopeo), untimed: a
+tests/oci.pause_image, pushed plain with skopeo), untimed: a
 fresh containerd 1.6 with its CRI plugin (tests/containerd_env.Cri:
 host-network pods, the registry a plain-HTTP mirror of itself) driven as the
 kubelet does (tests/cri.py). Per sample a pod is run first, untimed (its
@@ -430,10 +430,9 @@ SANDBOX = "sandbox"
 
 def push_sandbox(registry: Registry, work: Path) -> str:
     """Once, untimed: the CRI pods' sandbox image, busybox whose command
-    (`/bin/busybox sleep 3600`) keeps running, as tests/test_cri.py's pause
-    image, pushed as it is (gzip, not eStargz) with skopeo; its reference."""
-    image = oci.Image(f"fusesnap.test/{SANDBOX}:1", [oci.busybox_layer()],
-                      cmd=("/bin/busybox", "sleep", "3600"))
+    (`/bin/busybox sleep 3600`) keeps running (tests/oci.pause_image),
+    pushed as it is (gzip, not eStargz) with skopeo; its reference."""
+    image = oci.pause_image(f"fusesnap.test/{SANDBOX}:1")
     work.mkdir(parents=True, exist_ok=True)
     built = oci.write_archive(image, work / f"{SANDBOX}.tar")
     ref = f"{registry.host}/{REPOSITORY}/{SANDBOX}:{TAG}"

@@ -388,33 +388,26 @@ class Session:
         HEAD and a Range would take two round trips; RegistryError if the
         registry answers otherwise."""
         resp = self.get(f"blobs/{digest}", {"Range": f"bytes=-{length}"})
-        try:
-            found = re.fullmatch(r"bytes (\d+)-(\d+)/(\d+)", resp.getheader("Content-Range", ""))
-            if resp.status != 206 or not found:
-                raise RegistryError(f"blob {digest}: the registry ignored a Range "
-                                    f"request (HTTP {resp.status})")
-            first, last, size = (int(g) for g in found.groups())
-            if last != size - 1 or last - first + 1 > length:
-                raise RegistryError(f"blob {digest}: bytes {first}-{last} of {size} for "
-                                    f"its last {length}")
-            data = resp.read(last - first + 2)
-        except (OSError, http.client.HTTPException) as e:
-            raise RegistryError(f"blob {digest}: the download broke off "
-                                f"({type(e).__name__}: {e})") from None
-        finally:
+        found = re.fullmatch(r"bytes (\d+)-(\d+)/(\d+)", resp.getheader("Content-Range", ""))
+        first, last, size = (int(g) for g in found.groups()) if found else (0, -1, 0)
+        if found and (last != size - 1 or last - first + 1 > length):
             self.done(resp)
-        if len(data) != last - first + 1:
-            raise RegistryError(f"blob {digest}: {len(data)} bytes for a range of "
-                                f"{last - first + 1}")
-        return size, data
+            raise RegistryError(f"blob {digest}: bytes {first}-{last} of {size} for "
+                                f"its last {length}")
+        return size, self._range_body(resp, digest, last - first + 1 if found else -1)
 
     def read_range(self, digest: str, offset: int, length: int) -> bytes:
         """Bytes [offset, offset + length) of blob `digest` (an HTTP Range
         request); RegistryError if the registry gives other bytes or fewer."""
         headers = {"Range": f"bytes={offset}-{offset + length - 1}"}
-        resp = self.get(f"blobs/{digest}", headers)
+        return self._range_body(self.get(f"blobs/{digest}", headers), digest, length)
+
+    def _range_body(self, resp: http.client.HTTPResponse, digest: str, length: int) -> bytes:
+        """The `length` bytes of `resp`, a 206 answer to a Range request for
+        blob `digest` (`length` -1: a 206 that did not say which bytes);
+        RegistryError otherwise. The response is done either way."""
         try:
-            if resp.status != 206:
+            if resp.status != 206 or length < 0:
                 raise RegistryError(f"blob {digest}: the registry ignored a Range "
                                     f"request (HTTP {resp.status})")
             data = resp.read(length + 1)

@@ -390,6 +390,11 @@ def busybox_image(name: str = "fusesnap.test/busybox:1") -> Image:
     return Image(name, [busybox_layer()])
 
 
+def pause_image(name: str = "fusesnap.test/pause:1") -> Image:
+    """A CRI pod's sandbox image: busybox whose command keeps running."""
+    return Image(name, [busybox_layer()], cmd=("/bin/busybox", "sleep", "3600"))
+
+
 BIG_SIZE = 100 * 2**20
 
 

@@ -10,8 +10,8 @@ configuration and a storage directory of its own, stopped by its PID.
 - :func:`skopeo_copy` fills one from an OCI archive that tests/oci.py wrote.
 - :class:`Proxy` sits in front of a plain-HTTP registry to corrupt one blob,
   cut one off after some bytes, or serve a manifest of its own; it records
-  the Range headers it saw. With `rate` and `rtt` it models a network link
-  instead (the benchmarks' ``--link``): response bodies streamed through one
+  the Range headers it saw. With `rate` and `rtt` it also models a network
+  link (the benchmarks' ``--link``): response bodies streamed through one
   shared :class:`TokenBucket`, each response's first byte `rtt` late, and
   a new connection's first request `rtt` later still (its TCP handshake).
 
@@ -259,7 +259,7 @@ def put_manifest(registry: Registry, repo: str, ref: str, data: bytes, media_typ
 
 
 CHUNK = 64 * 1024
-"""The largest piece of a body a shaped :class:`Proxy` writes at once."""
+"""The largest piece of a body the :class:`Proxy` writes at once."""
 
 
 class TokenBucket:
@@ -381,15 +381,15 @@ class Proxy:
         start = time.monotonic()
         if h.headers.get("Range"):
             self.ranges.append((h.path, h.headers["Range"]))
-        self.shaped(h, start)
+        self.respond(h, start)
         if self.drop_kept and not h.close_connection:
             h.wfile.flush()
             h.close_connection = True
             h.connection.shutdown(socket.SHUT_RDWR)
 
-    # ------------------------------------------------------------------ a modelled link
+    # ------------------------------------------------------------------ responses
 
-    def shaped(self, h: http.server.BaseHTTPRequestHandler, start: float) -> None:
+    def respond(self, h: http.server.BaseHTTPRequestHandler, start: float) -> None:
         """The response: its first byte not before `start` + `rtt`, its body
         streamed from upstream in pieces of at most CHUNK bytes, each paced
         by the shared bucket when `rate` is set."""

@@ -73,8 +73,7 @@ class Env:
 
 def pushed_images(source: Cli, registry: Registry, work: Path) -> None:
     """The sandbox image and the eStargz image, in `registry`."""
-    pause = oci.Image("fusesnap.test/pause:1", [oci.busybox_layer()],
-                      cmd=("/bin/busybox", "sleep", "3600"))
+    pause = oci.pause_image()
     app = oci.Image("fusesnap.test/app:1", [
         oci.busybox_layer(),
         oci.Layer([oci.Dir("data"), oci.File("data/hello.txt", HELLO),

@@ -32,7 +32,8 @@ class DiffServicer(diff_pb2_grpc.DifferServicer):
         # through a hard link or a metadata change) is fetched first: the
         # tar never holds the zeros of a sparse backing file.
         try:
-            self.bridge.run(self.remote.ensure_all, diff.files)
+            if diff.files and self.remote.pending:
+                self.bridge.run(self.remote.ensure_all, diff.files)
         except OSError as e:
             raise Unavailable(f"diff of {request.key}: a file's bytes are in a lazy layer "
                               f"that its registry cannot serve now ({e.strerror}); the "

@@ -224,7 +224,7 @@ class LayerFS(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EPERM)
         view, oid = self._view(inode)
         if fields.update_size and self.remote is not None and self.remote.pending:
-            await self._fetch(view, oid)  # a truncate copies the bytes kept
+            await self._fetch(self._call(view.attr, oid))  # a truncate copies the bytes kept
         a = self._call(
             self.tree.setattr, view, oid,
             mode=attr.st_mode if fields.update_mode else None,
@@ -367,19 +367,20 @@ class LayerFS(pyfuse3.Operations):
         if self.remote is not None and self.remote.pending:
             # A read-only open of a lazy file fetches nothing: each read
             # fetches the chunks it reaches. Other opens fetch it whole.
-            lazy = self.remote.by_range(self._call(view.attr, oid), flags)
+            a = self._call(view.attr, oid)
+            lazy = self.remote.by_range(a, flags)
             if lazy is None:
-                await self._fetch(view, oid)
+                await self._fetch(a)
         fi = self._new_handle(self._call(self.tree.open, view, oid, flags))
         if lazy is not None:
             self._lazy[fi.fh] = lazy
         return fi
 
-    async def _fetch(self, view: View, oid: int) -> None:
-        """Bytes of `oid` still in a lazy layer's registry: here first (EIO if not)."""
+    async def _fetch(self, a: Attr) -> None:
+        """Bytes of `a` still in a lazy layer's registry: here first (EIO if not)."""
         assert self.remote is not None
         try:
-            await self.remote.ensure(self._call(view.attr, oid))
+            await self.remote.ensure(a)
         except OSError as e:
             raise pyfuse3.FUSEError(e.errno or errno.EIO) from None
 

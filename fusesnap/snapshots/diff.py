@@ -247,7 +247,7 @@ class _Collector:
                 if child not in seen:
                     seen.add(child)
                     todo.append(child)
-        entries = self.entries()
+        entries = self.entries()  # fills self.files
         return LayerDiff(entries, self.files)
 
     def add_object(self, oid: int) -> list[int]:
